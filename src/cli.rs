@@ -1,0 +1,228 @@
+//! The `tether` command line: argument definitions and what each command does.
+//! `main.rs` parses, sets up logging and calls [`run`]; errors surface as `anyhow`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::model::{
+    fetch, generate, ChatMessage, ComputePath, LoadOptions, LoadedModel, ModelSpec, SamplingParams,
+};
+
+/// Tether: a chat-model server that learns from feedback, tethered to a trusted baseline.
+#[derive(Debug, Parser)]
+#[command(name = "tether", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML) overlaid on configs/default.toml.
+    #[arg(long, global = true, env = "TETHER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Answer one prompt from the command line (no server needed).
+    Chat(ChatArgs),
+    /// Fetch or describe models.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+/// `tether chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// The user's message.
+    #[arg(long)]
+    pub prompt: String,
+    /// A system message (default: the chat template's own).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling mass.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Sample among the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Maximum tokens to generate.
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Repetition penalty (1.0: off).
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Random seed (same seed, same text).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Model: default, a .gguf file, a Hugging Face folder or hf:ORG/NAME[@rev].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Compute path: f32 (faithful), f16, or q8 (8-bit activations).
+    #[arg(long)]
+    pub compute: Option<ComputePath>,
+}
+
+/// `tether model …`.
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Download and verify the default model into the cache ($TETHER_HOME).
+    Fetch {
+        /// Download again even if a verified copy is cached.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print architecture, size, quantization, context, special tokens and template.
+    Info {
+        /// Model spec (default: the configured model).
+        spec: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Compute path to load with.
+        #[arg(long)]
+        compute: Option<ComputePath>,
+    },
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Chat(args) => chat(&config, args),
+        Command::Model(ModelCommand::Fetch { force }) => {
+            let home = fetch::tether_home();
+            let cached = fetch::default_model_path(&home);
+            let verified =
+                !force && cached.is_file() && fetch::sha256_file(&cached)? == fetch::DEFAULT_SHA256;
+            let path = if verified {
+                tracing::info!("the default model is already cached and verified");
+                cached
+            } else {
+                fetch::fetch_default_model(&home)?
+            };
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Model(ModelCommand::Info {
+            spec,
+            json,
+            compute,
+        }) => {
+            let spec = spec.unwrap_or_else(|| config.model.spec.clone());
+            let model = load(&spec, compute.unwrap_or(config.model.compute))?;
+            let info = model.info();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                print_info(&info);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn load(spec: &str, compute: ComputePath) -> anyhow::Result<LoadedModel> {
+    let spec: ModelSpec = spec.parse()?;
+    let opts = LoadOptions {
+        compute,
+        ..LoadOptions::default()
+    };
+    LoadedModel::load(&spec, &opts).with_context(|| format!("loading model {spec}"))
+}
+
+fn chat(config: &Config, args: ChatArgs) -> anyhow::Result<()> {
+    let spec = args.model.unwrap_or_else(|| config.model.spec.clone());
+    let model = load(&spec, args.compute.unwrap_or(config.model.compute))?;
+    let mut messages = Vec::new();
+    if let Some(system) = args.system {
+        messages.push(ChatMessage::new("system", system));
+    }
+    messages.push(ChatMessage::new("user", args.prompt));
+    let prompt = model.encode_chat(&messages)?;
+    let params = SamplingParams {
+        temperature: args.temperature.unwrap_or(config.generation.temperature),
+        top_p: args.top_p,
+        top_k: args.top_k,
+        repetition_penalty: args
+            .repetition_penalty
+            .unwrap_or(config.generation.repetition_penalty),
+        seed: args.seed,
+        max_tokens: args.max_tokens.unwrap_or(config.generation.max_tokens),
+        stop: args.stop,
+        ..SamplingParams::default()
+    };
+    let mut out = std::io::stdout().lock();
+    let completion = generate(
+        &model.llama,
+        &model.tokenizer,
+        &prompt,
+        &params,
+        None,
+        |piece| {
+            // A closed stdout (e.g. `| head`) ends generation quietly.
+            out.write_all(piece.as_bytes())
+                .and_then(|_| out.flush())
+                .is_ok()
+        },
+    )?;
+    let _ = writeln!(out);
+    tracing::debug!(
+        prompt_tokens = completion.prompt_tokens,
+        completion_tokens = completion.tokens.len(),
+        finish_reason = ?completion.finish_reason,
+        "done"
+    );
+    Ok(())
+}
+
+fn print_info(info: &crate::model::ModelInfo) {
+    let c = &info.config;
+    println!("name:            {}", info.name);
+    println!("source:          {}", info.source);
+    println!("architecture:    {:?}", c.architecture);
+    println!(
+        "parameters:      {} ({:.1}M)",
+        info.parameters,
+        info.parameters as f64 / 1e6
+    );
+    let quant: Vec<String> = info
+        .quantization
+        .iter()
+        .map(|(k, v)| format!("{k} x{v}"))
+        .collect();
+    println!("tensor types:    {}", quant.join(", "));
+    println!("compute path:    {}", info.compute);
+    println!("weights in RAM:  {:.1} MB", info.weight_bytes as f64 / 1e6);
+    println!("context length:  {}", info.context_length);
+    println!(
+        "layers/heads:    {} layers, {} heads ({} kv), head dim {}, hidden {}, ffn {}",
+        c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size, c.intermediate_size
+    );
+    println!(
+        "rope:            theta {}, {:?}, scaling {:?}",
+        c.rope_theta, c.rope_layout, c.rope_scaling
+    );
+    println!("tied embeddings: {}", c.tie_word_embeddings);
+    println!(
+        "bos / eos:       {:?} / {:?}",
+        info.bos_token, info.eos_token
+    );
+    println!("stop tokens:     {}", info.stop_tokens.join(" "));
+    let special: Vec<String> = info
+        .special_tokens
+        .iter()
+        .map(|(i, t)| format!("{i}={t}"))
+        .collect();
+    println!("special tokens:  {}", special.join(" "));
+    println!("chat template:\n{}", info.chat_template);
+}

@@ -1,0 +1,151 @@
+//! Configuration: `configs/default.toml` (compiled in), then a `--config` file (only
+//! the keys it sets), then `TETHER_*` environment variables, then command-line flags.
+//!
+//! Raw TOML is merged first and deserialised once, so a partial file never resets
+//! values it does not mention.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ComputePath, LoraConfig};
+
+/// The compiled-in defaults.
+pub const DEFAULT_TOML: &str = include_str!("../configs/default.toml");
+
+/// Errors reading configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has wrong types.
+    #[error("invalid config {origin}: {message}")]
+    Parse {
+        /// Which layer (file name, `defaults`, or an environment variable).
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Which model to load and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `default`, a GGUF path, a Hugging Face folder or `hf:ORG/NAME[@rev]`.
+    pub spec: String,
+    /// Compute path for linear layers.
+    pub compute: ComputePath,
+}
+
+/// Defaults for generation requests that do not say otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationConfig {
+    /// Sampling temperature (0: greedy).
+    pub temperature: f64,
+    /// Maximum generated tokens.
+    pub max_tokens: usize,
+    /// Repetition penalty (1.0: off).
+    pub repetition_penalty: f32,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Model selection.
+    pub model: ModelConfig,
+    /// Generation defaults.
+    pub generation: GenerationConfig,
+    /// Adapter shape used by the learner.
+    pub lora: LoraConfig,
+}
+
+impl Config {
+    /// Defaults, overlaid with `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, Error> {
+        let mut merged: toml::Table = parse(DEFAULT_TOML, "defaults")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            merge(&mut merged, parse(&text, &path.display().to_string())?);
+        }
+        let mut cfg: Config =
+            toml::Value::Table(merged)
+                .try_into()
+                .map_err(|e: toml::de::Error| Error::Parse {
+                    origin: file.map_or("defaults".into(), |p| p.display().to_string()),
+                    message: e.to_string(),
+                })?;
+        cfg.apply_env()?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self) -> Result<(), Error> {
+        if let Ok(v) = std::env::var("TETHER_MODEL") {
+            self.model.spec = v;
+        }
+        if let Ok(v) = std::env::var("TETHER_COMPUTE") {
+            self.model.compute = v.parse().map_err(|message| Error::Parse {
+                origin: "TETHER_COMPUTE".into(),
+                message,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn parse(text: &str, origin: &str) -> Result<toml::Table, Error> {
+    text.parse::<toml::Table>().map_err(|e| Error::Parse {
+        origin: origin.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Recursively overlays `top` on `base`.
+fn merge(base: &mut toml::Table, top: toml::Table) {
+    for (k, v) in top {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_partial_files_only_override_their_keys() {
+        let cfg = Config::load(None).expect("defaults parse");
+        assert_eq!(cfg.model.compute, ComputePath::Qf32);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[generation]\ntemperature = 0.0\n").expect("write");
+        let c2 = Config::load(Some(&p)).expect("partial file");
+        assert_eq!(c2.generation.temperature, 0.0);
+        assert_eq!(c2.generation.max_tokens, cfg.generation.max_tokens);
+        assert_eq!(c2.lora, cfg.lora);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_the_file_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, "[model]\nspecc = \"x\"\n").expect("write");
+        let err = Config::load(Some(&p)).expect_err("unknown key").to_string();
+        assert!(err.contains("bad.toml") && err.contains("specc"), "{err}");
+    }
+}

@@ -1,0 +1,23 @@
+//! The `tether` binary: parse arguments, set up logging, run, print errors helpfully.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = tether::cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| EnvFilter::new("tether=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match tether::cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Per-sequence key/value cache.
+
+use candle_core::{DType, Tensor};
+
+use super::error::Result;
+
+/// Cached keys and values of one sequence, for every layer.
+///
+/// Each layer keeps two preallocated buffers of shape `(kv_heads, capacity, head_dim)`
+/// that grow in blocks of [`KvCache::BLOCK`] tokens, so appending a token copies only
+/// that token. Sequences of a batch each own one cache; the model never shares them.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<LayerKv>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct LayerKv {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Growth granularity, in tokens.
+    pub const BLOCK: usize = 128;
+
+    /// An empty cache for a model of `num_layers` layers.
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![LayerKv::default(); num_layers],
+        }
+    }
+
+    /// Tokens held (the position the next token will take).
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.len)
+    }
+
+    /// Whether no token is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of layers this cache was made for.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Forgets every token after the first `len` (buffers are kept for reuse).
+    pub fn truncate(&mut self, len: usize) {
+        for l in &mut self.layers {
+            l.len = l.len.min(len);
+        }
+    }
+
+    /// Forgets everything and frees the buffers.
+    pub fn clear(&mut self) {
+        for l in &mut self.layers {
+            *l = LayerKv::default();
+        }
+    }
+
+    /// Bytes allocated for buffers (capacity, not length).
+    pub fn size_in_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.k, &l.v])
+            .flatten()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// Appends `k`, `v` of shape `(kv_heads, new, head_dim)` to `layer` and returns views
+    /// of everything cached for it, of shape `(kv_heads, len, head_dim)`.
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let l = &mut self.layers[layer];
+        let (heads, new, dim) = k.dims3()?;
+        let needed = l.len + new;
+        let capacity = l.k.as_ref().map_or(0, |t| t.dim(1).unwrap_or(0));
+        if needed > capacity {
+            let cap = needed.div_ceil(Self::BLOCK) * Self::BLOCK;
+            let cap = cap.max(capacity * 2).max(Self::BLOCK);
+            let grow = |old: &Option<Tensor>| -> Result<Tensor> {
+                let buf = Tensor::zeros((heads, cap, dim), DType::F32, k.device())?;
+                if let Some(old) = old {
+                    if l.len > 0 {
+                        buf.slice_set(&old.narrow(1, 0, l.len)?.contiguous()?, 1, 0)?;
+                    }
+                }
+                Ok(buf)
+            };
+            let nk = grow(&l.k)?;
+            let nv = grow(&l.v)?;
+            l.k = Some(nk);
+            l.v = Some(nv);
+        }
+        let (kb, vb) = match (&l.k, &l.v) {
+            (Some(kb), Some(vb)) => (kb, vb),
+            _ => {
+                return Err(super::error::Error::InvalidArgument(
+                    "kv cache buffers missing after allocation".into(),
+                ))
+            }
+        };
+        kb.slice_set(&k.contiguous()?, 1, l.len)?;
+        vb.slice_set(&v.contiguous()?, 1, l.len)?;
+        l.len = needed;
+        Ok((kb.narrow(1, 0, needed)?, vb.narrow(1, 0, needed)?))
+    }
+}

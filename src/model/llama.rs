@@ -1,0 +1,684 @@
+//! The Llama-family transformer: one implementation that serves (fast kernels, KV
+//! cache, batches of sequences of different lengths) and trains (differentiable ops,
+//! LoRA adapters as the only trainable tensors).
+//!
+//! Batches are *packed*: the tokens of every sequence are concatenated into one
+//! `(tokens, hidden)` matrix so that every projection is a single matrix product, and
+//! only attention runs per sequence, against that sequence's own cache.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use std::sync::Arc;
+
+use super::blockq::BlockMatrix;
+use super::cache::KvCache;
+use super::config::LlamaConfig;
+use super::error::{Error, Result};
+use super::lora::{Dropout, LoraAdapter, Target};
+use super::rope::Rope;
+use super::weights::{BaseLinear, ComputePath, TensorName, WeightSource};
+
+/// One sequence's part of a batched forward pass.
+pub struct SeqInput<'a> {
+    /// New tokens to run (at least one).
+    pub tokens: &'a [u32],
+    /// The sequence's cache: read for earlier positions and extended with `tokens`.
+    /// `None` runs the tokens as a whole sequence starting at position 0.
+    pub cache: Option<&'a mut KvCache>,
+    /// Adapter applied to this sequence only (`None`: the base model).
+    pub adapter: Option<&'a LoraAdapter>,
+}
+
+/// Which positions get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outputs {
+    /// The last new token of each sequence: `(sequences, vocab)`.
+    LastToken,
+    /// Every new token, packed in input order: `(total tokens, vocab)`.
+    AllTokens,
+}
+
+/// Serving (fast kernels) or training (differentiable ops).
+#[derive(Debug, Clone, Copy)]
+pub enum Mode<'a> {
+    /// candle's fused kernels, which have no backward pass.
+    Serve,
+    /// Differentiable ops throughout, optional LoRA dropout.
+    Train {
+        /// Dropout on adapter inputs.
+        dropout: Option<&'a Dropout>,
+    },
+}
+
+impl Mode<'_> {
+    fn training(&self) -> bool {
+        matches!(self, Mode::Train { .. })
+    }
+    fn dropout(&self) -> Option<&Dropout> {
+        match self {
+            Mode::Train { dropout } => *dropout,
+            Mode::Serve => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
+        Ok(if differentiable {
+            candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps)?
+        } else {
+            candle_nn::ops::rms_norm(x, &self.weight, self.eps)?
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    attn_norm: RmsNorm,
+    q: BaseLinear,
+    k: BaseLinear,
+    v: BaseLinear,
+    o: BaseLinear,
+    ffn_norm: RmsNorm,
+    gate: BaseLinear,
+    up: BaseLinear,
+    down: BaseLinear,
+}
+
+impl Block {
+    fn linear(&self, t: Target) -> &BaseLinear {
+        match t {
+            Target::Q => &self.q,
+            Target::K => &self.k,
+            Target::V => &self.v,
+            Target::O => &self.o,
+            Target::Gate => &self.gate,
+            Target::Up => &self.up,
+            Target::Down => &self.down,
+        }
+    }
+    fn linear_mut(&mut self, t: Target) -> &mut BaseLinear {
+        match t {
+            Target::Q => &mut self.q,
+            Target::K => &mut self.k,
+            Target::V => &mut self.v,
+            Target::O => &mut self.o,
+            Target::Gate => &mut self.gate,
+            Target::Up => &mut self.up,
+            Target::Down => &mut self.down,
+        }
+    }
+}
+
+/// The token embedding: a dense matrix, or quantized blocks whose rows are
+/// dequantized on lookup (shared with a tied output head).
+#[derive(Debug, Clone)]
+enum Embedding {
+    Dense(Tensor),
+    Blocks(Arc<BlockMatrix>),
+}
+
+impl Embedding {
+    fn lookup(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(t) => {
+                let n = ids.len();
+                let idx = Tensor::from_vec(ids.to_vec(), n, device)?;
+                Ok(t.index_select(&idx, 0)?.to_dtype(DType::F32)?)
+            }
+            Embedding::Blocks(b) => b.gather_rows(ids, device),
+        }
+    }
+
+    fn rows_cols(&self) -> (usize, usize) {
+        match self {
+            Embedding::Dense(t) => (t.dim(0).unwrap_or(0), t.dim(1).unwrap_or(0)),
+            Embedding::Blocks(b) => (b.rows(), b.cols()),
+        }
+    }
+
+    fn size_in_bytes(&self) -> usize {
+        match self {
+            Embedding::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Embedding::Blocks(b) => b.size_in_bytes(),
+        }
+    }
+
+    fn dense_f32(&self, device: &Device) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(t) => Ok(t.to_dtype(DType::F32)?),
+            Embedding::Blocks(b) => b.dequantize(device),
+        }
+    }
+}
+
+/// Which adapter applies to which rows of the packed batch.
+enum Routing<'a> {
+    /// One adapter (or none) for every row.
+    Uniform(Option<&'a LoraAdapter>),
+    /// `(first row, rows, adapter)` runs.
+    Segments(Vec<(usize, usize, Option<&'a LoraAdapter>)>),
+}
+
+/// A Llama-family causal language model with frozen base weights.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: BaseLinear,
+    rope: Rope,
+    device: Device,
+    compute: ComputePath,
+}
+
+fn names(gguf: impl Into<String>, hf: impl Into<String>) -> TensorName {
+    TensorName {
+        gguf: gguf.into(),
+        hf: hf.into(),
+    }
+}
+
+impl Llama {
+    /// Builds the model from a checkpoint's tensors.
+    pub(crate) fn load(
+        src: &mut WeightSource,
+        cfg: &LlamaConfig,
+        compute: ComputePath,
+        device: &Device,
+    ) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let q_dim = cfg.num_heads * cfg.head_dim;
+        let kv_dim = cfg.num_kv_heads * cfg.head_dim;
+        let embed_name = names("token_embd.weight", "model.embed_tokens.weight");
+        let embed_shape = [cfg.vocab_size, h];
+        let embed = match compute {
+            ComputePath::Qf32 => match src.qtensor(&embed_name, &embed_shape, device)? {
+                Some(q) => match BlockMatrix::from_qtensor(&q)? {
+                    Some(b) => Embedding::Blocks(Arc::new(b)),
+                    None => Embedding::Dense(q.dequantize(device)?),
+                },
+                None => Embedding::Dense(src.dense(&embed_name, &embed_shape, device)?),
+            },
+            ComputePath::F32 => Embedding::Dense(src.dense(&embed_name, &embed_shape, device)?),
+            // The other paths halve a dense embedding to f16 (rows are looked up, then
+            // widened back to f32).
+            ComputePath::F16 | ComputePath::Q8 => Embedding::Dense(
+                src.dense(&embed_name, &embed_shape, device)?
+                    .to_dtype(DType::F16)?,
+            ),
+        };
+        let norm = |src: &mut WeightSource, n: TensorName| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                weight: src.dense(&n, &[h], device)?,
+                eps: cfg.rms_norm_eps as f32,
+            })
+        };
+        let mut blocks = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let g = |s: &str| format!("blk.{i}.{s}");
+            let f = |s: &str| format!("model.layers.{i}.{s}");
+            let mut lin = |gg: &str, hf: &str, dims: (usize, usize), bias: bool| {
+                let w = names(g(&format!("{gg}.weight")), f(&format!("{hf}.weight")));
+                let b = names(g(&format!("{gg}.bias")), f(&format!("{hf}.bias")));
+                src.linear(&w, bias.then_some(&b), dims, compute, device)
+            };
+            let bias = cfg.attention_bias;
+            let q = lin("attn_q", "self_attn.q_proj", (q_dim, h), bias)?;
+            let k = lin("attn_k", "self_attn.k_proj", (kv_dim, h), bias)?;
+            let v = lin("attn_v", "self_attn.v_proj", (kv_dim, h), bias)?;
+            let o = lin("attn_output", "self_attn.o_proj", (h, q_dim), false)?;
+            let gate = lin(
+                "ffn_gate",
+                "mlp.gate_proj",
+                (cfg.intermediate_size, h),
+                false,
+            )?;
+            let up = lin("ffn_up", "mlp.up_proj", (cfg.intermediate_size, h), false)?;
+            let down = lin(
+                "ffn_down",
+                "mlp.down_proj",
+                (h, cfg.intermediate_size),
+                false,
+            )?;
+            let attn_norm = norm(
+                src,
+                names(g("attn_norm.weight"), f("input_layernorm.weight")),
+            )?;
+            let ffn_norm = norm(
+                src,
+                names(g("ffn_norm.weight"), f("post_attention_layernorm.weight")),
+            )?;
+            blocks.push(Block {
+                attn_norm,
+                q,
+                k,
+                v,
+                o,
+                ffn_norm,
+                gate,
+                up,
+                down,
+            });
+        }
+        let final_norm = norm(src, names("output_norm.weight", "model.norm.weight"))?;
+        let head_name = names("output.weight", "lm_head.weight");
+        let lm_head = if cfg.tie_word_embeddings || !src.contains(&head_name) {
+            if !cfg.tie_word_embeddings {
+                return Err(Error::MissingTensor(format!(
+                    "{} (in {}; the config does not tie embeddings)",
+                    head_name.hf,
+                    src.describe()
+                )));
+            }
+            match (&embed, &*src) {
+                (Embedding::Blocks(b), _) => BaseLinear::from_blocks(b.clone()),
+                // Keep the (possibly quantized) embedding for the q8 path.
+                (_, WeightSource::Gguf { .. }) if compute == ComputePath::Q8 => {
+                    src.linear(&embed_name, None, (cfg.vocab_size, h), compute, device)?
+                }
+                (Embedding::Dense(t), _) => BaseLinear::from_dense(t.clone(), None, compute)?,
+            }
+        } else {
+            src.linear(&head_name, None, (cfg.vocab_size, h), compute, device)?
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            blocks,
+            norm: final_norm,
+            lm_head,
+            rope: Rope::new(cfg),
+            device: device.clone(),
+            compute,
+        })
+    }
+
+    /// The model's hyperparameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The compute path chosen at load time.
+    pub fn compute(&self) -> ComputePath {
+        self.compute
+    }
+
+    /// A fresh cache for one sequence.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.num_layers)
+    }
+
+    /// Whether gradients can flow through every base layer (needed to train adapters).
+    pub fn is_trainable(&self) -> bool {
+        self.blocks
+            .iter()
+            .all(|b| Target::ALL.iter().all(|&t| b.linear(t).is_differentiable()))
+    }
+
+    /// Number of parameters in the base model (tied embeddings counted once).
+    pub fn parameter_count(&self) -> usize {
+        let lin =
+            |l: &BaseLinear| l.in_dim() * l.out_dim() + l.bias().map_or(0, |b| b.elem_count());
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                Target::ALL.iter().map(|&t| lin(b.linear(t))).sum::<usize>()
+                    + b.attn_norm.weight.elem_count()
+                    + b.ffn_norm.weight.elem_count()
+            })
+            .sum();
+        let head = if self.cfg.tie_word_embeddings {
+            0
+        } else {
+            lin(&self.lm_head)
+        };
+        let (rows, cols) = self.embed.rows_cols();
+        rows * cols + blocks + self.norm.weight.elem_count() + head
+    }
+
+    /// Bytes held by the base weights (a tied embedding counted once per copy held).
+    pub fn size_in_bytes(&self) -> usize {
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                Target::ALL
+                    .iter()
+                    .map(|&t| b.linear(t).size_in_bytes())
+                    .sum::<usize>()
+            })
+            .sum();
+        let head = match (self.cfg.tie_word_embeddings, self.compute) {
+            // The tied head shares the embedding's storage.
+            (true, ComputePath::F32 | ComputePath::F16) => 0,
+            (true, ComputePath::Qf32) if matches!(self.embed, Embedding::Blocks(_)) => 0,
+            _ => self.lm_head.size_in_bytes(),
+        };
+        self.embed.size_in_bytes() + blocks + head
+    }
+
+    /// Every base tensor by name, as stored (for inspection and tests; these are the
+    /// frozen weights the learner must never change).
+    pub fn base_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![("embed".to_string(), self.embed.dense_f32(&self.device)?)];
+        for (i, b) in self.blocks.iter().enumerate() {
+            out.push((format!("layers.{i}.attn_norm"), b.attn_norm.weight.clone()));
+            out.push((format!("layers.{i}.ffn_norm"), b.ffn_norm.weight.clone()));
+            for t in Target::ALL {
+                out.push((format!("layers.{i}.{}", t.name()), b.linear(t).dense_f32()?));
+            }
+        }
+        out.push(("norm".to_string(), self.norm.weight.clone()));
+        out.push(("lm_head".to_string(), self.lm_head.dense_f32()?));
+        Ok(out)
+    }
+
+    /// A new model whose weights have `adapter` merged in: `W + scale · B A`.
+    pub fn merge(&self, adapter: &LoraAdapter) -> Result<Llama> {
+        self.check_adapter(adapter)?;
+        let mut merged = self.clone();
+        let compute = match self.compute {
+            // Merged weights are dense; keep the faithful path for quantized bases.
+            ComputePath::Q8 => ComputePath::F32,
+            c => c,
+        };
+        for (i, block) in merged.blocks.iter_mut().enumerate() {
+            for t in Target::ALL {
+                if let Some(update) = adapter.dense_update(i, t)? {
+                    let base = block.linear(t);
+                    let w = (base.dense_f32()? + update)?;
+                    let bias = base.bias().cloned();
+                    *block.linear_mut(t) = BaseLinear::from_dense(w, bias, compute)?;
+                }
+            }
+        }
+        merged.compute = compute;
+        Ok(merged)
+    }
+
+    fn check_adapter(&self, a: &LoraAdapter) -> Result<()> {
+        if a.num_layers() != self.cfg.num_layers {
+            return Err(Error::Adapter(format!(
+                "adapter has {} layers, model has {}",
+                a.num_layers(),
+                self.cfg.num_layers
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs a batch of sequences. Each sequence's cache is extended with its new tokens;
+    /// if the pass fails, every cache is restored to its previous length.
+    ///
+    /// Returns logits in f32: `(sequences, vocab)` for [`Outputs::LastToken`], or
+    /// `(total new tokens, vocab)` for [`Outputs::AllTokens`].
+    pub fn forward(
+        &self,
+        seqs: &mut [SeqInput<'_>],
+        outputs: Outputs,
+        mode: Mode<'_>,
+    ) -> Result<Tensor> {
+        let before: Vec<Option<usize>> = seqs
+            .iter()
+            .map(|s| s.cache.as_ref().map(|c| c.len()))
+            .collect();
+        let result = self.forward_inner(seqs, outputs, mode);
+        if result.is_err() {
+            for (s, len) in seqs.iter_mut().zip(before) {
+                if let (Some(c), Some(len)) = (s.cache.as_deref_mut(), len) {
+                    c.truncate(len);
+                }
+            }
+        }
+        result
+    }
+
+    fn forward_inner(
+        &self,
+        seqs: &mut [SeqInput<'_>],
+        outputs: Outputs,
+        mode: Mode<'_>,
+    ) -> Result<Tensor> {
+        if seqs.is_empty() {
+            return Err(Error::InvalidArgument("empty batch".into()));
+        }
+        let train = mode.training();
+        if train && !self.is_trainable() {
+            return Err(Error::InvalidArgument(format!(
+                "training needs a dense compute path (f32 or f16); this model was loaded with {}",
+                self.compute
+            )));
+        }
+        // Layout of the packed batch.
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut positions = Vec::new();
+        let mut tokens = Vec::new();
+        for s in seqs.iter() {
+            if s.tokens.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "a sequence in the batch has no tokens".into(),
+                ));
+            }
+            if let Some(c) = &s.cache {
+                if c.num_layers() != self.cfg.num_layers {
+                    return Err(Error::InvalidArgument(format!(
+                        "cache made for {} layers used with a {}-layer model",
+                        c.num_layers(),
+                        self.cfg.num_layers
+                    )));
+                }
+            }
+            if let Some(a) = s.adapter {
+                self.check_adapter(a)?;
+            }
+            if let Some(&bad) = s
+                .tokens
+                .iter()
+                .find(|&&t| t as usize >= self.cfg.vocab_size)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "token id {bad} is outside the vocabulary of {} tokens",
+                    self.cfg.vocab_size
+                )));
+            }
+            let offset = s.cache.as_ref().map_or(0, |c| c.len());
+            let end = offset + s.tokens.len();
+            if end > self.cfg.context_length {
+                return Err(Error::ContextOverflow {
+                    tokens: end,
+                    context: self.cfg.context_length,
+                });
+            }
+            spans.push((tokens.len(), s.tokens.len()));
+            positions.extend(offset..end);
+            tokens.extend_from_slice(s.tokens);
+        }
+        let routing = routing(seqs, &spans);
+        let total = tokens.len();
+        let dev = &self.device;
+        let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+
+        let mut x = self.embed.lookup(&tokens, dev)?;
+        let (cos, sin) = self.rope.tables(&positions, dev)?;
+
+        for (li, block) in self.blocks.iter().enumerate() {
+            let proj = |t: Target, input: &Tensor| {
+                self.project(li, t, block.linear(t), input, &routing, mode)
+            };
+            let h = block.attn_norm.forward(&x, train)?;
+            let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+                Ok(y.reshape((total, n, hd))?.transpose(0, 1)?.contiguous()?)
+            };
+            let q = heads(proj(Target::Q, &h)?, nh)?.unsqueeze(0)?;
+            let k = heads(proj(Target::K, &h)?, nkv)?.unsqueeze(0)?;
+            let v = heads(proj(Target::V, &h)?, nkv)?;
+            let q = self.rope.apply(&q, &cos, &sin, train)?.squeeze(0)?;
+            let k = self.rope.apply(&k, &cos, &sin, train)?.squeeze(0)?;
+
+            let mut outs = Vec::with_capacity(seqs.len());
+            for (s, &(start, len)) in seqs.iter_mut().zip(&spans) {
+                let narrow = |t: &Tensor| -> Result<Tensor> {
+                    if len == total {
+                        Ok(t.clone())
+                    } else {
+                        Ok(t.narrow(1, start, len)?)
+                    }
+                };
+                let (qi, ki, vi) = (narrow(&q)?, narrow(&k)?, narrow(&v)?);
+                let (keys, values) = match s.cache.as_deref_mut() {
+                    Some(c) => c.append(li, &ki, &vi)?,
+                    None => (ki, vi),
+                };
+                outs.push(self.attend(&qi, &keys, &values, train)?);
+            }
+            let att = if outs.len() == 1 {
+                outs.remove(0)
+            } else {
+                Tensor::cat(&outs, 0)?
+            };
+            x = (x + proj(Target::O, &att)?)?;
+
+            let h = block.ffn_norm.forward(&x, train)?;
+            let gate = proj(Target::Gate, &h)?;
+            let up = proj(Target::Up, &h)?;
+            let m = (candle_nn::ops::silu(&gate)? * up)?;
+            x = (x + proj(Target::Down, &m)?)?;
+        }
+        let x = self.norm.forward(&x, train)?;
+        let x = match outputs {
+            Outputs::AllTokens => x,
+            Outputs::LastToken => {
+                let last: Vec<u32> = spans.iter().map(|&(s, l)| (s + l - 1) as u32).collect();
+                let n = last.len();
+                x.index_select(&Tensor::from_vec(last, n, dev)?, 0)?
+            }
+        };
+        self.lm_head.forward(&x)
+    }
+
+    /// A base projection plus whichever adapter applies to each row.
+    fn project(
+        &self,
+        layer: usize,
+        target: Target,
+        base: &BaseLinear,
+        x: &Tensor,
+        routing: &Routing<'_>,
+        mode: Mode<'_>,
+    ) -> Result<Tensor> {
+        let y = base.forward(x)?;
+        let dropout = mode.dropout();
+        match routing {
+            Routing::Uniform(None) => Ok(y),
+            Routing::Uniform(Some(a)) => match a.delta(layer, target, x, dropout)? {
+                Some(d) => Ok((y + d)?),
+                None => Ok(y),
+            },
+            Routing::Segments(segs) => {
+                let mut parts = Vec::with_capacity(segs.len());
+                let mut any = false;
+                for &(start, len, adapter) in segs {
+                    let xs = x.narrow(0, start, len)?;
+                    let d = match adapter {
+                        Some(a) => a.delta(layer, target, &xs, dropout)?,
+                        None => None,
+                    };
+                    parts.push(match d {
+                        Some(d) => {
+                            any = true;
+                            d
+                        }
+                        None => Tensor::zeros((len, base.out_dim()), DType::F32, x.device())?,
+                    });
+                }
+                if any {
+                    Ok((y + Tensor::cat(&parts, 0)?)?)
+                } else {
+                    Ok(y)
+                }
+            }
+        }
+    }
+
+    /// Causal attention of `q (heads, new, hd)` over `k`, `v (kv_heads, total, hd)`,
+    /// where the new tokens are the last `new` of `total`. Returns `(new, heads·hd)`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, train: bool) -> Result<Tensor> {
+        let (nh, l, hd) = q.dims3()?;
+        let (nkv, s, _) = k.dims3()?;
+        let g = nh / nkv;
+        // Query heads sharing a key/value head are adjacent, so grouping them turns
+        // grouped-query attention into one batched matmul without copying K or V.
+        let q = q.contiguous()?.reshape((nkv, g * l, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let att = (q.matmul(&k.t()?)? * scale)?;
+        let att = if l > 1 {
+            let mask = causal_mask(l, s, q.device())?;
+            att.reshape((nkv, g, l, s))?
+                .broadcast_add(&mask)?
+                .reshape((nkv, g * l, s))?
+        } else {
+            att
+        };
+        let att = if train {
+            candle_nn::ops::softmax(&att, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&att)?
+        };
+        let y = att.matmul(&v.contiguous()?)?;
+        Ok(y.reshape((nh, l, hd))?
+            .transpose(0, 1)?
+            .reshape((l, nh * hd))?)
+    }
+}
+
+/// `(new, total)` additive mask: new token `i` (at position `total - new + i`) sees keys
+/// up to its own position.
+fn causal_mask(new: usize, total: usize, device: &Device) -> Result<Tensor> {
+    let offset = total - new;
+    let mask: Vec<f32> = (0..new)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(mask, (new, total), device)?)
+}
+
+fn routing<'a>(seqs: &[SeqInput<'a>], spans: &[(usize, usize)]) -> Routing<'a> {
+    let same = |a: Option<&LoraAdapter>, b: Option<&LoraAdapter>| match (a, b) {
+        (None, None) => true,
+        (Some(x), Some(y)) => std::ptr::eq(x, y),
+        _ => false,
+    };
+    let first = seqs[0].adapter;
+    if seqs.iter().all(|s| same(s.adapter, first)) {
+        return Routing::Uniform(first);
+    }
+    let mut segs: Vec<(usize, usize, Option<&'a LoraAdapter>)> = Vec::new();
+    for (s, &(start, len)) in seqs.iter().zip(spans) {
+        match segs.last_mut() {
+            Some(last) if same(last.2, s.adapter) => last.1 += len,
+            _ => segs.push((start, len, s.adapter)),
+        }
+    }
+    Routing::Segments(segs)
+}

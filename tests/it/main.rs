@@ -1,0 +1,14 @@
+//! Integration tests: one binary, one module per capability.
+//!
+//! Tests that need the real SmolLM2 weights fetch them once into `$TETHER_HOME` (the
+//! same cache `tether` uses). Fast tests use tiny random-weight models of the same
+//! architecture, written to disk by `common` and loaded through the real loader.
+
+mod cli;
+mod common;
+mod generation;
+mod loading;
+mod lora;
+mod smollm;
+mod tiny_forward;
+mod tokenizer;
