@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench model                 # all paths
-//! cargo bench --bench model -- --compute f32
+//! cargo bench --bench model -- --compute qf32
 //! ```
 //!
 //! Prints decode tokens/s (one sequence: 128 tokens after a 200-token prompt), prefill
@@ -30,17 +30,17 @@ fn main() {
         .iter()
         .position(|a| a == "--compute")
         .and_then(|i| args.get(i + 1))
-        .map(|c| c.parse::<ComputePath>().expect("--compute f32|f16|q8"));
+        .map(|c| c.parse::<ComputePath>().expect("--compute qf32|f32|f16|q8"));
     match compute {
         Some(c) => run(c),
         None => {
             println!(
                 "| compute | load s | decode tok/s (1 seq) | prefill tok/s (200) | prefill tok/s (512) | \
-                 aggregate decode tok/s (4) | aggregate decode tok/s (8) | LoRA step s (r8, 256 tok) | LoRA tok/s | peak RSS MB |"
+                 aggregate decode tok/s (4) | aggregate decode tok/s (8) | peak RSS serving MB | LoRA step s (r8, 256 tok) | LoRA tok/s | peak RSS with training MB |"
             );
-            println!("|---|---|---|---|---|---|---|---|---|---|");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|");
             let exe = std::env::current_exe().expect("current exe");
-            for c in ["f32", "f16", "q8"] {
+            for c in ["qf32", "f32", "f16", "q8"] {
                 let status = Command::new(&exe)
                     .args(["--bench", "--compute", c])
                     .status()
@@ -166,13 +166,14 @@ fn run(compute: ComputePath) {
     let d1 = decode_rate(&m, 1, 128);
     let d4 = decode_rate(&m, 4, 64);
     let d8 = decode_rate(&m, 8, 64);
+    let serving_rss = peak_rss_mb();
     let step = lora_step(&m);
     let (step_s, step_tps) = match step {
         Some(s) => (format!("{s:.2}"), format!("{:.0}", 256.0 / s)),
         None => ("n/a (no backward)".into(), "n/a".into()),
     };
     println!(
-        "| {compute} | {load:.1} | {d1:.1} | {p200:.0} | {p512:.0} | {d4:.1} | {d8:.1} | {step_s} | {step_tps} | {:.0} |",
+        "| {compute} | {load:.1} | {d1:.1} | {p200:.0} | {p512:.0} | {d4:.1} | {d8:.1} | {serving_rss:.0} | {step_s} | {step_tps} | {:.0} |",
         peak_rss_mb()
     );
 }

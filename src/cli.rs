@@ -32,6 +32,56 @@ pub enum Command {
     /// Fetch or describe models.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
+    /// Operator commands against a running server.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// `tether serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Model: default, a .gguf file, a Hugging Face folder or hf:ORG/NAME[@rev].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Address to bind.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to bind (0 picks a free one; the address is logged).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Database and version snapshots.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Compute path: qf32 (default), f32, f16 or q8.
+    #[arg(long)]
+    pub compute: Option<ComputePath>,
+}
+
+/// `tether admin …`.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Manage user API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `tether admin keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key for a feedback source (prints the key once; only its hash is stored).
+    Create {
+        /// Source the key speaks for.
+        #[arg(long)]
+        source: String,
+        /// Server URL (default: http://HOST:PORT from the configuration).
+        #[arg(long, env = "TETHER_URL")]
+        url: Option<String>,
+        /// Operator token (default: server.operator_token / TETHER_OPERATOR_TOKEN).
+        #[arg(long)]
+        token: Option<String>,
+    },
 }
 
 /// `tether chat`.
@@ -96,8 +146,31 @@ pub enum ModelCommand {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref())?;
+    let mut config = Config::load(cli.config.as_deref())?;
     match cli.command {
+        Command::Serve(args) => serve(&mut config, args),
+        Command::Admin(AdminCommand::Keys(KeysCommand::Create { source, url, token })) => {
+            let url = url
+                .unwrap_or_else(|| format!("http://{}:{}", config.server.host, config.server.port));
+            let token = token
+                .or(config.server.operator_token.clone())
+                .context("no operator token: pass --token or set TETHER_OPERATOR_TOKEN")?;
+            let resp = ureq::post(&format!("{}/admin/keys", url.trim_end_matches('/')))
+                .set("Authorization", &format!("Bearer {token}"))
+                .send_json(serde_json::json!({ "source": source }));
+            match resp {
+                Ok(r) => {
+                    let v: serde_json::Value = r.into_json()?;
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    Ok(())
+                }
+                Err(ureq::Error::Status(code, r)) => {
+                    let body = r.into_string().unwrap_or_default();
+                    anyhow::bail!("the server answered {code}: {body}")
+                }
+                Err(e) => Err(anyhow::anyhow!("cannot reach {url}: {e}")),
+            }
+        }
         Command::Chat(args) => chat(&config, args),
         Command::Model(ModelCommand::Fetch { force }) => {
             let home = fetch::tether_home();
@@ -128,6 +201,55 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+fn serve(config: &mut Config, args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(m) = args.model {
+        config.model.spec = m;
+    }
+    if let Some(h) = args.host {
+        config.server.host = h;
+    }
+    if let Some(p) = args.port {
+        config.server.port = p;
+    }
+    if let Some(d) = args.data_dir {
+        config.server.data_dir = d.display().to_string();
+    }
+    if let Some(c) = args.compute {
+        config.model.compute = c;
+    }
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async {
+        let addr = format!("{}:{}", config.server.host, config.server.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        crate::server::serve(listener, config.clone(), shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::EngineConfig;
 use crate::model::{ComputePath, LoraConfig};
 
 /// The compiled-in defaults.
@@ -56,16 +57,66 @@ pub struct GenerationConfig {
     pub repetition_penalty: f32,
 }
 
+/// A user API key given in the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The key as clients send it.
+    pub key: String,
+    /// The feedback source it speaks for.
+    pub source: String,
+}
+
+/// The HTTP server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub host: String,
+    /// Port to bind (0: any free port).
+    pub port: u16,
+    /// Where the database and version snapshots live (empty: `$TETHER_HOME/data`).
+    pub data_dir: String,
+    /// The deployment name clients may use as `model`.
+    pub deployment: String,
+    /// Serve requests without a key as the `anonymous` source.
+    pub allow_anonymous: bool,
+    /// Token for `/admin/` endpoints (empty: disabled; `TETHER_OPERATOR_TOKEN`).
+    pub operator_token: Option<String>,
+    /// User keys known from the configuration (more are created at run time).
+    pub keys: Vec<KeyConfig>,
+    /// Requests per minute per source (0: unlimited).
+    pub rate_limit_per_minute: u32,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// A request is abandoned after this long.
+    pub request_timeout_secs: u64,
+    /// After a shutdown signal, in-flight streams get this long to finish.
+    pub shutdown_grace_secs: u64,
+    /// Bytes of responses cached for deterministic requests (0: off).
+    pub response_cache_bytes: u64,
+    /// Most choices (`n`) per request.
+    pub max_n: usize,
+    /// `max_tokens` when a request gives none (capped by the context).
+    pub default_max_tokens: usize,
+    /// `temperature` when a request gives none.
+    pub default_temperature: f64,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Model selection.
     pub model: ModelConfig,
-    /// Generation defaults.
+    /// Generation defaults for the command line.
     pub generation: GenerationConfig,
     /// Adapter shape used by the learner.
     pub lora: LoraConfig,
+    /// HTTP server.
+    pub server: ServerConfig,
+    /// Batching engine.
+    pub engine: EngineConfig,
 }
 
 impl Config {
@@ -99,6 +150,30 @@ impl Config {
                 origin: "TETHER_COMPUTE".into(),
                 message,
             })?;
+        }
+        if let Ok(v) = std::env::var("TETHER_HOST") {
+            self.server.host = v;
+        }
+        if let Ok(v) = std::env::var("TETHER_PORT") {
+            self.server.port = v.parse().map_err(|e| Error::Parse {
+                origin: "TETHER_PORT".into(),
+                message: format!("{e}"),
+            })?;
+        }
+        if let Ok(v) = std::env::var("TETHER_DATA_DIR") {
+            self.server.data_dir = v;
+        }
+        if let Ok(v) = std::env::var("TETHER_DEPLOYMENT") {
+            self.server.deployment = v;
+        }
+        if let Ok(v) = std::env::var("TETHER_OPERATOR_TOKEN") {
+            self.server.operator_token = Some(v);
+        }
+        if let Ok(v) = std::env::var("TETHER_ALLOW_ANONYMOUS") {
+            self.server.allow_anonymous = matches!(v.as_str(), "1" | "true" | "yes" | "on");
+        }
+        if self.server.operator_token.as_deref() == Some("") {
+            self.server.operator_token = None;
         }
         Ok(())
     }

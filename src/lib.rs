@@ -5,12 +5,24 @@
 //!
 //! - [`model`]: the Llama-family transformer (serving and training paths), tokenizer,
 //!   chat template, sampling, LoRA adapters, loading and fetching the default model.
+//! - [`engine`]: continuous batching: one thread runs every admitted sequence together.
+//! - [`api`]: the OpenAI-compatible HTTP API (the only module that knows HTTP).
+//! - [`server`]: `serve(listener, config, shutdown)`: state, model loading, shutdown.
+//! - [`registry`]: immutable, content-hashed model versions; the base is version 1.
+//! - [`storage`]: the SQLite database (versions, completion records, API keys).
+//! - [`monitoring`]: Prometheus metrics.
 //! - [`learner`]: trains LoRA adapters; the only code that changes what the model says.
 //! - [`config`]: layered configuration (`configs/default.toml`, file, env, flags).
 //! - [`cli`]: the `tether` command line.
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod learner;
 pub mod model;
+pub mod monitoring;
+pub mod registry;
+pub mod server;
+pub mod storage;

@@ -26,8 +26,9 @@ const QK: usize = 32;
 const TILE: usize = 8;
 /// Above this many tokens, dequantizing the whole matrix and using a dense GEMM wins.
 pub(crate) const MAX_KERNEL_TOKENS: usize = 64;
-/// Output rows per parallel task.
-const ROWS_PER_TASK: usize = 32;
+/// Fewest output rows per parallel task; decode-sized products are split into about
+/// two tasks per thread, since waking threads costs more than small tasks save.
+const MIN_ROWS_PER_TASK: usize = 32;
 
 /// Block formats this kernel reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,10 +184,9 @@ impl BlockMatrix {
     fn rows_times(&self, x: &[f32], tokens: usize, sums: &[f32], r0: usize, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: the CPU supports AVX2 and FMA (checked above).
+            if has_avx2() {
+                // SAFETY: the CPU supports AVX2, FMA and F16C (checked above), and
+                // `rows_times` asserts every range it reads lies within the slices.
                 unsafe { avx2::rows_times(self, x, tokens, sums, r0, out) };
                 return;
             }
@@ -226,6 +226,17 @@ impl BlockMatrix {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    })
+}
+
 /// Per-block sums of `x` (`(tokens, cols)`, cols a multiple of 32), in `(token, block)`
 /// order, for the `m·Σx` term.
 fn block_sums(x: &[f32]) -> Vec<f32> {
@@ -236,9 +247,10 @@ fn block_sums(x: &[f32]) -> Vec<f32> {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{f16_at, BlockMatrix, BlockType, QK, TILE};
+    use super::{BlockMatrix, BlockType, QK, TILE};
 
-    #[inline(always)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn hsum(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
         let hi = _mm256_extractf128_ps(v, 1);
@@ -248,8 +260,24 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
+    /// Scale `d` and offset `m` of the block at `b`, converted with F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales(kind: BlockType, b: *const u8) -> (f32, f32) {
+        let raw = std::ptr::read_unaligned(b as *const u32) as i32;
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(raw));
+        let d = _mm_cvtss_f32(v);
+        let m = match kind {
+            BlockType::Q4_1 => _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1)),
+            BlockType::Q4_0 => -8.0 * d,
+            BlockType::Q8_0 => 0.0,
+        };
+        (d, m)
+    }
+
     /// The 32 quants of a block as four 8-lane f32 vectors.
-    #[inline(always)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn unpack(kind: BlockType, b: *const u8) -> [__m256; 4] {
         match kind {
             BlockType::Q4_0 | BlockType::Q4_1 => {
@@ -277,7 +305,55 @@ mod avx2 {
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    /// `Σ_i q_i x_i` of one block as an 8-lane partial sum.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn block_dot(w: &[__m256; 4], xs: *const f32) -> __m256 {
+        let s0 = _mm256_mul_ps(w[0], _mm256_loadu_ps(xs));
+        let s1 = _mm256_mul_ps(w[1], _mm256_loadu_ps(xs.add(8)));
+        let s0 = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xs.add(16)), s0);
+        let s1 = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xs.add(24)), s1);
+        _mm256_add_ps(s0, s1)
+    }
+
+    /// One output row against one token (the decode case), specialised per format so
+    /// the block loop has no branches.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn row_dot(
+        kind: BlockType,
+        row: *const u8,
+        nb: usize,
+        bs: usize,
+        x: *const f32,
+        sums: *const f32,
+    ) -> f32 {
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut macc = 0f32;
+        let mut b = 0;
+        while b + 1 < nb {
+            let (blk0, blk1) = (row.add(b * bs), row.add((b + 1) * bs));
+            let (d0, m0) = scales(kind, blk0);
+            let (d1, m1) = scales(kind, blk1);
+            let s0 = block_dot(&unpack(kind, blk0), x.add(b * QK));
+            let s1 = block_dot(&unpack(kind, blk1), x.add((b + 1) * QK));
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), s0, acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), s1, acc1);
+            macc += m0 * *sums.add(b) + m1 * *sums.add(b + 1);
+            b += 2;
+        }
+        if b < nb {
+            let blk = row.add(b * bs);
+            let (d, m) = scales(kind, blk);
+            let s = block_dot(&unpack(kind, blk), x.add(b * QK));
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc0);
+            macc += m * *sums.add(b);
+        }
+        hsum(_mm256_add_ps(acc0, acc1)) + macc
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn rows_times(
         m: &BlockMatrix,
         x: &[f32],
@@ -292,31 +368,36 @@ mod avx2 {
         let cols = m.cols;
         let kind = m.kind;
         let xp = x.as_ptr();
+        let sp = sums.as_ptr();
+        let rows = out.len() / tokens;
+        assert!(r0 + rows <= m.rows && x.len() >= tokens * cols && sums.len() >= tokens * nb);
+        let base = m.data.as_ptr().add(r0 * rb);
+        if tokens == 1 {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = match kind {
+                    BlockType::Q4_0 => row_dot(BlockType::Q4_0, base.add(i * rb), nb, bs, xp, sp),
+                    BlockType::Q4_1 => row_dot(BlockType::Q4_1, base.add(i * rb), nb, bs, xp, sp),
+                    BlockType::Q8_0 => row_dot(BlockType::Q8_0, base.add(i * rb), nb, bs, xp, sp),
+                };
+            }
+            return;
+        }
         for (i, o) in out.chunks_exact_mut(tokens).enumerate() {
-            let row = &m.data[(r0 + i) * rb..(r0 + i + 1) * rb];
+            let row = base.add(i * rb);
             let mut t0 = 0;
             while t0 < tokens {
                 let nt = (tokens - t0).min(TILE);
                 let mut acc = [_mm256_setzero_ps(); TILE];
                 let mut macc = [0f32; TILE];
                 for b in 0..nb {
-                    let blk = &row[b * bs..(b + 1) * bs];
-                    let d = f16_at(blk, 0);
-                    let mm = match kind {
-                        BlockType::Q4_1 => f16_at(blk, 2),
-                        BlockType::Q4_0 => -8.0 * d,
-                        BlockType::Q8_0 => 0.0,
-                    };
-                    let w = unpack(kind, blk.as_ptr());
+                    let blk = row.add(b * bs);
+                    let (d, mm) = scales(kind, blk);
+                    let w = unpack(kind, blk);
                     let dv = _mm256_set1_ps(d);
                     for t in 0..nt {
-                        let xs = xp.add((t0 + t) * cols + b * QK);
-                        let mut s = _mm256_mul_ps(w[0], _mm256_loadu_ps(xs));
-                        s = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xs.add(8)), s);
-                        s = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xs.add(16)), s);
-                        s = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xs.add(24)), s);
+                        let s = block_dot(&w, xp.add((t0 + t) * cols + b * QK));
                         acc[t] = _mm256_fmadd_ps(dv, s, acc[t]);
-                        macc[t] += mm * sums[(t0 + t) * nb + b];
+                        macc[t] += mm * *sp.add((t0 + t) * nb + b);
                     }
                 }
                 for t in 0..nt {
@@ -357,10 +438,11 @@ impl CustomOp1 for BlockMatMul {
         let sums = block_sums(x);
         // (rows, tokens) in parallel chunks of rows, then transposed to (tokens, rows).
         let mut by_row = vec![0f32; m.rows * tokens];
+        let per_task = (m.rows / (2 * rayon::current_num_threads())).max(MIN_ROWS_PER_TASK);
         by_row
-            .par_chunks_mut(ROWS_PER_TASK * tokens)
+            .par_chunks_mut(per_task * tokens)
             .enumerate()
-            .for_each(|(i, chunk)| m.rows_times(x, tokens, &sums, i * ROWS_PER_TASK, chunk));
+            .for_each(|(i, chunk)| m.rows_times(x, tokens, &sums, i * per_task, chunk));
         let mut out = vec![0f32; tokens * m.rows];
         for (r, row) in by_row.chunks_exact(tokens).enumerate() {
             for (t, &v) in row.iter().enumerate() {

@@ -1,0 +1,606 @@
+//! `POST /v1/chat/completions`: validation, version resolution, submission to the
+//! engine, and the JSON or server-sent-event answer.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use rand::distr::{Alphanumeric, SampleString};
+
+use super::auth;
+use super::error::ApiError;
+use super::json::ApiJson;
+use super::state::{Cached, Ready, SharedState};
+use super::wire::*;
+use crate::engine::{Event, Request, SubmitError};
+use crate::model::{ChatMessage, FinishReason, SamplingParams, TokenLogprob, Tokenizer};
+use crate::registry::Version;
+use crate::storage::now_unix;
+
+/// A validated request, ready for the engine.
+struct Plan {
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    n: usize,
+    stream: bool,
+    include_usage: bool,
+    cache_key: Option<String>,
+}
+
+fn messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid(
+            Some("messages"),
+            "messages must contain at least one message",
+        ));
+    }
+    req.messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.role.as_str() {
+                "system" | "developer" => "system",
+                "user" => "user",
+                "assistant" => "assistant",
+                _ => {
+                    return Err(ApiError::invalid(
+                        Some(&format!("messages[{i}].role")),
+                        format!("messages[{i}] has an unsupported role; use system, developer, user or assistant"),
+                    ))
+                }
+            };
+            let content = match &m.content {
+                Some(Content::Text(t)) => t.clone(),
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for p in parts {
+                        match (p.kind.as_str(), &p.text) {
+                            ("text", Some(t)) => text.push_str(t),
+                            _ => {
+                                return Err(ApiError::invalid(
+                                    Some(&format!("messages[{i}].content")),
+                                    "only text content parts are supported",
+                                ))
+                            }
+                        }
+                    }
+                    text
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        Some(&format!("messages[{i}].content")),
+                        format!("messages[{i}] has no content"),
+                    ))
+                }
+            };
+            Ok(ChatMessage::new(role, content))
+        })
+        .collect()
+}
+
+fn plan(
+    st: &SharedState,
+    ready: &Ready,
+    version: &Version,
+    req: &ChatRequest,
+) -> Result<Plan, ApiError> {
+    let msgs = messages(req)?;
+    let temperature = req.temperature.unwrap_or(st.config.default_temperature);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::invalid(
+            Some("temperature"),
+            "temperature must be between 0 and 2",
+        ));
+    }
+    let n = req.n.unwrap_or(1);
+    if n == 0 || n > st.config.max_n as u64 {
+        return Err(ApiError::invalid(
+            Some("n"),
+            format!("n must be between 1 and {}", st.config.max_n),
+        ));
+    }
+    let top_logprobs = req.top_logprobs.unwrap_or(0);
+    let logprobs = req.logprobs.unwrap_or(false);
+    if top_logprobs > 20 {
+        return Err(ApiError::invalid(
+            Some("top_logprobs"),
+            "top_logprobs must be between 0 and 20",
+        ));
+    }
+    if top_logprobs > 0 && !logprobs {
+        return Err(ApiError::invalid(
+            Some("top_logprobs"),
+            "top_logprobs needs logprobs: true",
+        ));
+    }
+    let stop = match &req.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) => v.clone(),
+    };
+    if stop.len() > 4 || stop.iter().any(String::is_empty) {
+        return Err(ApiError::invalid(
+            Some("stop"),
+            "stop takes up to 4 non-empty strings",
+        ));
+    }
+    let model = &ready.model;
+    let text = model
+        .template
+        .render(&msgs, true)
+        .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
+    let prompt = model
+        .tokenizer
+        .encode_prompt(&text)
+        .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
+    let context = model.llama.config().context_length;
+    if prompt.len() >= context {
+        return Err(ApiError::invalid(
+            Some("messages"),
+            format!(
+                "the prompt is {} tokens but the model's context is {context} tokens; shorten the conversation",
+                prompt.len()
+            ),
+        ));
+    }
+    let room = context - prompt.len();
+    let max_tokens = match req.max_completion_tokens.or(req.max_tokens) {
+        Some(0) => return Err(ApiError::invalid(Some("max_tokens"), "max_tokens must be at least 1")),
+        Some(m) if m as usize > room => {
+            return Err(ApiError::invalid(
+                Some("max_tokens"),
+                format!(
+                    "max_tokens {m} plus the prompt's {} tokens exceed the model's context of {context} tokens; \
+                     lower max_tokens to at most {room} or shorten the prompt",
+                    prompt.len()
+                ),
+            ))
+        }
+        Some(m) => m as usize,
+        None => st.config.default_max_tokens.min(room),
+    };
+    let params = SamplingParams {
+        temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        repetition_penalty: req.repetition_penalty.unwrap_or(1.0),
+        seed: req.seed,
+        max_tokens,
+        stop,
+        logprobs,
+        top_logprobs: top_logprobs as usize,
+        ..SamplingParams::default()
+    };
+    params
+        .validate()
+        .map_err(|e| ApiError::invalid(None, e.to_string()))?;
+    let stream = req.stream.unwrap_or(false);
+    let deterministic = temperature == 0.0 || req.seed.is_some();
+    let cache_key = (!stream && deterministic && st.config.response_cache_bytes > 0)
+        .then(|| format!("{}\n{:?}\n{:?}\n{}", version.id, prompt, params, n));
+    Ok(Plan {
+        prompt,
+        params,
+        n: n as usize,
+        stream,
+        include_usage: req.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        cache_key,
+    })
+}
+
+fn new_id() -> String {
+    format!(
+        "chatcmpl-{}",
+        Alphanumeric.sample_string(&mut rand::rng(), 24)
+    )
+}
+
+fn finish_str(r: FinishReason) -> String {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+    .to_string()
+}
+
+fn wire_logprob(tok: &Tokenizer, lp: &TokenLogprob) -> TokenLogprobWire {
+    let text = |id: u32| tok.decode(&[id], false).unwrap_or_default();
+    let t = text(lp.token);
+    TokenLogprobWire {
+        bytes: t.as_bytes().to_vec(),
+        token: t,
+        logprob: lp.logprob,
+        top_logprobs: lp
+            .top
+            .iter()
+            .map(|&(id, l)| {
+                let t = text(id);
+                TopLogprob {
+                    bytes: t.as_bytes().to_vec(),
+                    token: t,
+                    logprob: l,
+                }
+            })
+            .collect(),
+    }
+}
+
+fn with_version(mut resp: Response, version: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(version) {
+        resp.headers_mut().insert("x-tether-version", v);
+    }
+    resp
+}
+
+/// The handler.
+pub async fn chat_completions(
+    State(st): State<SharedState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    let caller = auth::caller(&st, &headers)?;
+    auth::rate_limit(&st, &caller)?;
+    let ready = st
+        .ready
+        .get()
+        .ok_or_else(|| ApiError::unavailable("the model is still loading; retry shortly"))?;
+    let version = ready
+        .registry
+        .resolve(&req.model, &st.config.deployment)
+        .ok_or_else(|| {
+            ApiError::not_found(
+                Some("model"),
+                format!(
+                "model {:?} does not exist; use {:?}, {:?} or a version listed by GET /v1/models",
+                req.model,
+                st.config.deployment,
+                ready.registry.name()
+            ),
+            )
+        })?;
+    let plan = plan(&st, ready, &version, &req)?;
+    let id = new_id();
+    let source = match &req.user {
+        Some(u) => format!("{}/{}", caller.source(), u),
+        None => caller.source().to_string(),
+    };
+
+    if let Some(key) = &plan.cache_key {
+        if let Some(hit) = st.cache.get(key) {
+            st.metrics.response_cache.with_label_values(&["hit"]).inc();
+            let mut body: ChatCompletion = (*hit.response).clone();
+            body.id = id.clone();
+            body.created = now_unix();
+            record(&st, &id, &version.id, &source, plan.n, plan.prompt.len())?;
+            let reasons: Vec<String> = body
+                .choices
+                .iter()
+                .map(|c| c.finish_reason.clone())
+                .collect();
+            finish_record(&st, &id, body.usage.completion_tokens, &reasons);
+            return Ok(with_version(axum::Json(body).into_response(), &hit.version));
+        }
+        st.metrics.response_cache.with_label_values(&["miss"]).inc();
+    }
+
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    ready
+        .engine
+        .submit(Request {
+            prompt: plan.prompt.clone(),
+            params: plan.params.clone(),
+            n: plan.n,
+            adapter: ready.registry.adapter(&version),
+            version: version.id.clone(),
+            deadline: Instant::now() + Duration::from_secs(st.config.request_timeout_secs),
+            events: tx,
+        })
+        .map_err(|e| match e {
+            SubmitError::QueueFull(_) => ApiError::too_many(format!("{e}; retry in a moment"), 1),
+            SubmitError::Stopped => ApiError::internal(e),
+        })?;
+    record(&st, &id, &version.id, &source, plan.n, plan.prompt.len())?;
+
+    if plan.stream {
+        let stream = stream_events(
+            st.clone(),
+            ready.model.tokenizer.clone(),
+            id,
+            version.id.clone(),
+            plan,
+            rx,
+        );
+        let sse = Sse::new(stream).keep_alive(KeepAlive::default());
+        return Ok(with_version(sse.into_response(), &version.id));
+    }
+    let body = collect(&st, &ready.model.tokenizer, id, &version.id, &plan, rx).await?;
+    if let Some(key) = plan.cache_key {
+        st.cache.insert(
+            key,
+            Cached {
+                response: Arc::new(body.clone()),
+                version: version.id.clone(),
+            },
+        );
+    }
+    Ok(with_version(axum::Json(body).into_response(), &version.id))
+}
+
+fn record(
+    st: &SharedState,
+    id: &str,
+    version: &str,
+    source: &str,
+    n: usize,
+    prompt_tokens: usize,
+) -> Result<(), ApiError> {
+    st.store
+        .insert_completion(id, version, source, n, prompt_tokens)
+        .map_err(ApiError::internal)
+}
+
+fn finish_record(st: &SharedState, id: &str, completion_tokens: usize, reasons: &[String]) {
+    if let Err(e) = st
+        .store
+        .finish_completion(id, completion_tokens, &reasons.join(","))
+    {
+        tracing::error!("recording completion {id}: {e}");
+    }
+}
+
+fn failure(message: String) -> ApiError {
+    if message.contains("timed out") {
+        let mut e = ApiError::unavailable(message);
+        e.status = axum::http::StatusCode::GATEWAY_TIMEOUT;
+        e.kind = "timeout";
+        e
+    } else {
+        ApiError::internal(message)
+    }
+}
+
+async fn collect(
+    st: &SharedState,
+    tok: &Tokenizer,
+    id: String,
+    version: &str,
+    plan: &Plan,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+) -> Result<ChatCompletion, ApiError> {
+    let mut texts = vec![String::new(); plan.n];
+    let mut lps: Vec<Vec<TokenLogprobWire>> = vec![Vec::new(); plan.n];
+    let mut reasons: Vec<Option<FinishReason>> = vec![None; plan.n];
+    let mut completion_tokens = 0;
+    while reasons.iter().any(Option::is_none) {
+        match rx.recv().await {
+            Some(Event::Token {
+                choice,
+                text,
+                logprob,
+                ..
+            }) => {
+                texts[choice].push_str(&text);
+                if let Some(lp) = logprob {
+                    lps[choice].push(wire_logprob(tok, &lp));
+                }
+            }
+            Some(Event::Finished {
+                choice,
+                reason,
+                completion_tokens: c,
+                text,
+            }) => {
+                texts[choice].push_str(&text);
+                reasons[choice] = Some(reason);
+                completion_tokens += c;
+            }
+            Some(Event::Failed(m)) => return Err(failure(m)),
+            None => return Err(ApiError::internal("the engine dropped a request")),
+        }
+    }
+    let reasons: Vec<String> = reasons
+        .into_iter()
+        .map(|r| finish_str(r.unwrap_or(FinishReason::Stop)))
+        .collect();
+    finish_record(st, &id, completion_tokens, &reasons);
+    let choices = texts
+        .into_iter()
+        .zip(lps)
+        .zip(&reasons)
+        .enumerate()
+        .map(|(index, ((content, lp), reason))| Choice {
+            index,
+            message: AssistantMessage {
+                role: "assistant",
+                content,
+            },
+            logprobs: plan
+                .params
+                .logprobs
+                .then_some(ChoiceLogprobs { content: lp }),
+            finish_reason: reason.clone(),
+        })
+        .collect();
+    Ok(ChatCompletion {
+        id,
+        object: "chat.completion",
+        created: now_unix(),
+        model: version.to_string(),
+        choices,
+        usage: Usage {
+            prompt_tokens: plan.prompt.len(),
+            completion_tokens,
+            total_tokens: plan.prompt.len() + completion_tokens,
+        },
+    })
+}
+
+/// State of one SSE stream.
+struct StreamState {
+    st: SharedState,
+    tok: Tokenizer,
+    id: String,
+    version: String,
+    created: i64,
+    n: usize,
+    logprobs: bool,
+    include_usage: bool,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    reasons: Vec<Option<String>>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    out: VecDeque<SseEvent>,
+    done: bool,
+}
+
+impl StreamState {
+    fn chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> SseEvent {
+        let c = ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.version.clone(),
+            choices,
+            usage,
+        };
+        SseEvent::default().data(serde_json::to_string(&c).unwrap_or_default())
+    }
+
+    fn finish(&mut self) {
+        let reasons: Vec<String> = self
+            .reasons
+            .iter()
+            .map(|r| r.clone().unwrap_or_default())
+            .collect();
+        finish_record(&self.st, &self.id, self.completion_tokens, &reasons);
+        if self.include_usage {
+            let usage = Usage {
+                prompt_tokens: self.prompt_tokens,
+                completion_tokens: self.completion_tokens,
+                total_tokens: self.prompt_tokens + self.completion_tokens,
+            };
+            let e = self.chunk(Vec::new(), Some(usage));
+            self.out.push_back(e);
+        }
+        self.out.push_back(SseEvent::default().data("[DONE]"));
+        self.done = true;
+    }
+}
+
+fn stream_events(
+    st: SharedState,
+    tok: Tokenizer,
+    id: String,
+    version: String,
+    plan: Plan,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
+    let mut state = StreamState {
+        st,
+        tok,
+        id,
+        version,
+        created: now_unix(),
+        n: plan.n,
+        logprobs: plan.params.logprobs,
+        include_usage: plan.include_usage,
+        prompt_tokens: plan.prompt.len(),
+        completion_tokens: 0,
+        reasons: vec![None; plan.n],
+        rx,
+        out: VecDeque::new(),
+        done: false,
+    };
+    for i in 0..state.n {
+        let e = state.chunk(
+            vec![ChunkChoice {
+                index: i,
+                delta: Delta {
+                    role: Some("assistant"),
+                    content: Some(String::new()),
+                },
+                logprobs: None,
+                finish_reason: None,
+            }],
+            None,
+        );
+        state.out.push_back(e);
+    }
+    futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(e) = s.out.pop_front() {
+                return Some((Ok(e), s));
+            }
+            if s.done {
+                return None;
+            }
+            match s.rx.recv().await {
+                Some(Event::Token {
+                    choice,
+                    text,
+                    logprob,
+                    ..
+                }) => {
+                    let lp = logprob.filter(|_| s.logprobs).map(|lp| ChoiceLogprobs {
+                        content: vec![wire_logprob(&s.tok, &lp)],
+                    });
+                    if text.is_empty() && lp.is_none() {
+                        continue;
+                    }
+                    let e = s.chunk(
+                        vec![ChunkChoice {
+                            index: choice,
+                            delta: Delta {
+                                role: None,
+                                content: Some(text),
+                            },
+                            logprobs: lp,
+                            finish_reason: None,
+                        }],
+                        None,
+                    );
+                    s.out.push_back(e);
+                }
+                Some(Event::Finished {
+                    choice,
+                    reason,
+                    completion_tokens,
+                    text,
+                }) => {
+                    s.completion_tokens += completion_tokens;
+                    s.reasons[choice] = Some(finish_str(reason));
+                    let e = s.chunk(
+                        vec![ChunkChoice {
+                            index: choice,
+                            delta: Delta {
+                                role: None,
+                                content: (!text.is_empty()).then_some(text),
+                            },
+                            logprobs: None,
+                            finish_reason: Some(finish_str(reason)),
+                        }],
+                        None,
+                    );
+                    s.out.push_back(e);
+                    if s.reasons.iter().all(Option::is_some) {
+                        s.finish();
+                    }
+                }
+                Some(Event::Failed(m)) => {
+                    let body = serde_json::json!({"error": {"message": m, "type": "server_error", "param": null, "code": null}});
+                    s.out.push_back(SseEvent::default().data(body.to_string()));
+                    s.out.push_back(SseEvent::default().data("[DONE]"));
+                    s.done = true;
+                }
+                None => {
+                    s.done = true;
+                }
+            }
+        }
+    })
+}

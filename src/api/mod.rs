@@ -1,0 +1,88 @@
+//! The HTTP API: OpenAI-compatible chat, models, tokenization, health, metrics and
+//! operator endpoints. This is the only module that knows HTTP and wire formats.
+
+mod admin;
+mod auth;
+mod chat;
+mod error;
+mod health;
+mod json;
+mod models;
+pub mod state;
+pub mod wire;
+
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use error::ApiError;
+pub use state::{AppState, Ready, SharedState};
+
+/// Every route, in one table.
+pub mod routes {
+    /// Chat completions.
+    pub const CHAT: &str = "/v1/chat/completions";
+    /// Versions that can serve.
+    pub const MODELS: &str = "/v1/models";
+    /// Text to token ids.
+    pub const TOKENIZE: &str = "/v1/tokenize";
+    /// Token ids to text.
+    pub const DETOKENIZE: &str = "/v1/detokenize";
+    /// Liveness.
+    pub const HEALTH: &str = "/health";
+    /// Readiness.
+    pub const READY: &str = "/ready";
+    /// Prometheus metrics.
+    pub const METRICS: &str = "/metrics";
+    /// Operator: create a user key.
+    pub const ADMIN_KEYS: &str = "/admin/keys";
+}
+
+/// The application router over `state`.
+pub fn router(state: SharedState) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route(routes::CHAT, post(chat::chat_completions))
+        .route(routes::MODELS, get(models::list))
+        .route(routes::TOKENIZE, post(models::tokenize))
+        .route(routes::DETOKENIZE, post(models::detokenize))
+        .route(routes::HEALTH, get(health::health))
+        .route(routes::READY, get(health::ready))
+        .route(routes::METRICS, get(health::metrics))
+        .route(routes::ADMIN_KEYS, post(admin::create_key))
+        .fallback(|| async { ApiError::not_found(None, "no such endpoint").into_response() })
+        .method_not_allowed_fallback(|| async {
+            let mut e = ApiError::invalid(None, "this endpoint does not accept that HTTP method");
+            e.status = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+            e.into_response()
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ApiError::internal("a request handler panicked").into_response()
+        }))
+        .with_state(state)
+}
+
+/// Counts requests by endpoint and status, and times them.
+async fn track(State(st): State<SharedState>, req: Request, next: Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    st.metrics
+        .http_requests
+        .with_label_values(&[&endpoint, resp.status().as_str()])
+        .inc();
+    st.metrics
+        .request_duration
+        .with_label_values(&[&endpoint])
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}

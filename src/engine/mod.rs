@@ -1,0 +1,150 @@
+//! The batching engine: one thread that owns the model's compute and runs every
+//! admitted sequence together, step by step (continuous batching).
+//!
+//! Requests come in through [`Engine::submit`]; each gets a channel of [`Event`]s
+//! (tokens as they are sampled, then one `Finished` per choice). Between two forward
+//! passes the scheduler admits waiting requests, gives prefilling sequences a bounded
+//! chunk of their prompt, and drops sequences whose client went away or whose deadline
+//! passed. Nothing here knows HTTP.
+
+mod scheduler;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use crate::model::{FinishReason, LoadedModel, LoraAdapter, SamplingParams, TokenLogprob};
+use crate::monitoring::Metrics;
+
+/// Limits of the engine.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Most sequences decoded together.
+    pub max_batch: usize,
+    /// Most requests waiting for a slot; more are refused (HTTP 429).
+    pub max_queue: usize,
+    /// Most prompt tokens prefilled in one step, shared by prefilling sequences, so a
+    /// long prompt does not stall running streams.
+    pub prefill_chunk: usize,
+    /// Run sequences one at a time instead of batching (for comparison benchmarks).
+    pub batching: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 16,
+            max_queue: 64,
+            prefill_chunk: 256,
+            batching: true,
+        }
+    }
+}
+
+/// One generation request: a tokenized prompt and `n` choices to sample.
+pub struct Request {
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Sampling parameters; choice `i` uses `seed + i` when a seed is given.
+    pub params: SamplingParams,
+    /// Number of choices.
+    pub n: usize,
+    /// Adapter of the version that serves this request (`None`: the base).
+    pub adapter: Option<Arc<LoraAdapter>>,
+    /// Version id, for metrics.
+    pub version: String,
+    /// The request is abandoned after this instant.
+    pub deadline: Instant,
+    /// Where events go; dropping the receiver cancels the request.
+    pub events: tokio::sync::mpsc::UnboundedSender<Event>,
+}
+
+/// What the engine reports about a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A token of one choice, with the text it completes (possibly empty).
+    Token {
+        /// Choice index.
+        choice: usize,
+        /// Token id.
+        token: u32,
+        /// Text released by this token.
+        text: String,
+        /// Its logprob, when requested.
+        logprob: Option<TokenLogprob>,
+    },
+    /// A choice ended.
+    Finished {
+        /// Choice index.
+        choice: usize,
+        /// Why.
+        reason: FinishReason,
+        /// Tokens generated for this choice.
+        completion_tokens: usize,
+        /// Text released at the end (held back for stop-string matching).
+        text: String,
+    },
+    /// The request failed; no further events follow.
+    Failed(String),
+}
+
+/// Why a request was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    /// Too many requests are waiting.
+    #[error("the server is busy: {0} requests are already waiting")]
+    QueueFull(usize),
+    /// The engine thread has stopped.
+    #[error("the generation engine has stopped")]
+    Stopped,
+}
+
+/// Handle to the engine thread.
+pub struct Engine {
+    tx: mpsc::Sender<Request>,
+    waiting: Arc<AtomicUsize>,
+    config: EngineConfig,
+}
+
+impl Engine {
+    /// Starts the engine thread for `model`.
+    pub fn start(model: Arc<LoadedModel>, config: EngineConfig, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let sched = scheduler::Scheduler::new(model, config.clone(), metrics, waiting.clone());
+        std::thread::Builder::new()
+            .name("tether-engine".into())
+            .spawn(move || sched.run(rx))
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!("cannot start the engine thread: {e}"));
+        Self {
+            tx,
+            waiting,
+            config,
+        }
+    }
+
+    /// Queues a request, or refuses it when the queue is full.
+    pub fn submit(&self, req: Request) -> Result<(), SubmitError> {
+        let prev = self.waiting.fetch_add(1, Ordering::SeqCst);
+        if prev >= self.config.max_queue {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::QueueFull(prev));
+        }
+        self.tx.send(req).map_err(|_| {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            SubmitError::Stopped
+        })
+    }
+
+    /// Requests waiting for a slot.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// The engine's limits.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+}

@@ -1,0 +1,316 @@
+//! The engine loop: admit, build one packed batch, run it, sample, report.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use super::{EngineConfig, Event, Request};
+use crate::model::{
+    FinishReason, Generation, KvCache, LoadedModel, LoraAdapter, Mode, Outputs, SeqInput,
+};
+use crate::monitoring::Metrics;
+
+/// What every choice of one request shares.
+struct Shared {
+    prompt: Vec<u32>,
+    adapter: Option<Arc<LoraAdapter>>,
+    version: String,
+    deadline: Instant,
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
+}
+
+/// One choice being generated.
+struct Seq {
+    shared: Arc<Shared>,
+    choice: usize,
+    cache: KvCache,
+    gen: Generation,
+    /// Prompt tokens already run through the model.
+    prefilled: usize,
+    /// The last sampled token, to be fed next.
+    next: Option<u32>,
+    last_token_at: Option<Instant>,
+    admitted_at: Instant,
+    done: bool,
+}
+
+impl Seq {
+    fn send(&self, e: Event) -> bool {
+        self.shared.events.send(e).is_ok()
+    }
+}
+
+pub(super) struct Scheduler {
+    model: Arc<LoadedModel>,
+    config: EngineConfig,
+    metrics: Arc<Metrics>,
+    waiting_count: Arc<AtomicUsize>,
+    waiting: VecDeque<(Request, Instant)>,
+    running: Vec<Seq>,
+}
+
+impl Scheduler {
+    pub(super) fn new(
+        model: Arc<LoadedModel>,
+        config: EngineConfig,
+        metrics: Arc<Metrics>,
+        waiting_count: Arc<AtomicUsize>,
+    ) -> Self {
+        Self {
+            model,
+            config,
+            metrics,
+            waiting_count,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        }
+    }
+
+    pub(super) fn run(mut self, rx: mpsc::Receiver<Request>) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match rx.recv() {
+                    Ok(r) => self.waiting.push_back((r, Instant::now())),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(r) = rx.try_recv() {
+                self.waiting.push_back((r, Instant::now()));
+            }
+            self.admit();
+            self.reap();
+            self.metrics.queue_length.set(self.waiting.len() as i64);
+            self.metrics
+                .running_sequences
+                .set(self.running.len() as i64);
+            if !self.running.is_empty() {
+                self.step();
+            }
+            self.reap();
+            let kv: usize = self.running.iter().map(|s| s.cache.size_in_bytes()).sum();
+            self.metrics.kv_cache_bytes.set(kv as i64);
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        if self.config.batching {
+            self.config.max_batch.max(1)
+        } else {
+            1
+        }
+    }
+
+    fn admit(&mut self) {
+        while let Some((req, _)) = self.waiting.front() {
+            if self.running.len() + req.n > self.capacity() && !self.running.is_empty() {
+                break;
+            }
+            let Some((req, queued_at)) = self.waiting.pop_front() else {
+                break;
+            };
+            self.waiting_count.fetch_sub(1, Ordering::SeqCst);
+            self.metrics
+                .queue_wait
+                .observe(queued_at.elapsed().as_secs_f64());
+            if req.events.is_closed() {
+                continue;
+            }
+            let shared = Arc::new(Shared {
+                prompt: req.prompt,
+                adapter: req.adapter,
+                version: req.version,
+                deadline: req.deadline,
+                events: req.events,
+            });
+            for choice in 0..req.n {
+                let mut params = req.params.clone();
+                params.seed = params.seed.map(|s| s.wrapping_add(choice as u64));
+                let gen =
+                    match Generation::new(&params, &shared.prompt, self.model.tokenizer.stop_ids())
+                    {
+                        Ok(g) => g,
+                        Err(e) => {
+                            let _ = shared.events.send(Event::Failed(e.to_string()));
+                            break;
+                        }
+                    };
+                self.running.push(Seq {
+                    shared: shared.clone(),
+                    choice,
+                    cache: self.model.llama.new_cache(),
+                    gen,
+                    prefilled: 0,
+                    next: None,
+                    last_token_at: None,
+                    admitted_at: Instant::now(),
+                    done: false,
+                });
+            }
+        }
+    }
+
+    /// Drops finished sequences, and those whose client left or whose time ran out.
+    fn reap(&mut self) {
+        let now = Instant::now();
+        for s in &mut self.running {
+            if s.done {
+                continue;
+            }
+            if s.shared.events.is_closed() {
+                s.done = true;
+            } else if now >= s.shared.deadline {
+                let _ = s.send(Event::Failed("the request timed out".into()));
+                s.done = true;
+            }
+        }
+        self.running.retain(|s| !s.done);
+    }
+
+    /// One forward pass over every running sequence.
+    fn step(&mut self) {
+        let context = self.model.llama.config().context_length;
+        let mut budget = self.config.prefill_chunk.max(1);
+        // Inputs per running sequence (None: not scheduled this step).
+        let mut inputs: Vec<Option<Vec<u32>>> = Vec::with_capacity(self.running.len());
+        for s in &self.running {
+            if let Some(t) = s.next {
+                inputs.push(Some(vec![t]));
+            } else if s.prefilled < s.shared.prompt.len() && budget > 0 {
+                let n = (s.shared.prompt.len() - s.prefilled).min(budget);
+                budget -= n;
+                inputs.push(Some(s.shared.prompt[s.prefilled..s.prefilled + n].to_vec()));
+            } else {
+                inputs.push(None);
+            }
+        }
+        let scheduled: Vec<usize> = (0..self.running.len())
+            .filter(|&i| inputs[i].is_some())
+            .collect();
+        if scheduled.is_empty() {
+            return;
+        }
+        self.metrics.batch_size.observe(scheduled.len() as f64);
+        let result = {
+            let mut seqs: Vec<SeqInput<'_>> = Vec::with_capacity(scheduled.len());
+            for (s, inp) in self.running.iter_mut().zip(&inputs) {
+                if let Some(tokens) = inp {
+                    seqs.push(SeqInput {
+                        tokens,
+                        cache: Some(&mut s.cache),
+                        adapter: s.shared.adapter.as_deref(),
+                    });
+                }
+            }
+            self.model
+                .llama
+                .forward(&mut seqs, Outputs::LastToken, Mode::Serve)
+        };
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("forward pass failed: {e}");
+                for &i in &scheduled {
+                    let s = &mut self.running[i];
+                    let _ = s.send(Event::Failed(format!("generation failed: {e}")));
+                    s.done = true;
+                }
+                return;
+            }
+        };
+        for (row, &i) in scheduled.iter().enumerate() {
+            let tokenizer = &self.model.tokenizer;
+            let s = &mut self.running[i];
+            let fed = inputs[i].as_ref().map_or(0, Vec::len);
+            if s.next.is_none() {
+                s.prefilled += fed;
+                if s.prefilled < s.shared.prompt.len() {
+                    continue; // more prompt chunks to go
+                }
+                self.metrics
+                    .prompt_tokens
+                    .with_label_values(&[&s.shared.version])
+                    .inc_by(s.shared.prompt.len() as u64);
+            }
+            let step = match logits
+                .get(row)
+                .map_err(crate::model::Error::from)
+                .and_then(|l| s.gen.step(&l, tokenizer))
+            {
+                Ok(step) => step,
+                Err(e) => {
+                    let _ = s.send(Event::Failed(format!("sampling failed: {e}")));
+                    s.done = true;
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            match s.last_token_at {
+                None => self
+                    .metrics
+                    .time_to_first_token
+                    .with_label_values(&[&s.shared.version])
+                    .observe((now - s.admitted_at).as_secs_f64()),
+                Some(t) => self
+                    .metrics
+                    .inter_token_latency
+                    .with_label_values(&[&s.shared.version])
+                    .observe((now - t).as_secs_f64()),
+            }
+            s.last_token_at = Some(now);
+            self.metrics
+                .generated_tokens
+                .with_label_values(&[&s.shared.version])
+                .inc();
+            let mut finished = step.finished;
+            let mut tail = String::new();
+            if finished.is_none() && s.cache.len() + 1 >= context {
+                tail = s
+                    .gen
+                    .force_finish(FinishReason::Length, tokenizer)
+                    .unwrap_or_default();
+                finished = Some(FinishReason::Length);
+            }
+            let logprob = s
+                .gen
+                .logprobs()
+                .last()
+                .cloned()
+                .filter(|_| s.gen.tokens().len() == s.gen.logprobs().len());
+            let token_text = if finished.is_some() {
+                String::new()
+            } else {
+                step.text.clone()
+            };
+            let alive = match finished {
+                None => s.send(Event::Token {
+                    choice: s.choice,
+                    token: step.token,
+                    text: token_text,
+                    logprob,
+                }),
+                Some(reason) => {
+                    // The last step's text (and anything held back) goes with Finished.
+                    let sent = s.send(Event::Token {
+                        choice: s.choice,
+                        token: step.token,
+                        text: String::new(),
+                        logprob,
+                    });
+                    let text = format!("{}{}", step.text, tail);
+                    sent && s.send(Event::Finished {
+                        choice: s.choice,
+                        reason,
+                        completion_tokens: s.gen.tokens().len(),
+                        text,
+                    })
+                }
+            };
+            if finished.is_some() || !alive {
+                s.done = true;
+            } else {
+                s.next = Some(step.token);
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Every metric Tether exports, registered once in its own registry.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Handles to every metric; cheap to clone through an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests by endpoint and status code.
+    pub http_requests: IntCounterVec,
+    /// End-to-end request latency by endpoint.
+    pub request_duration: HistogramVec,
+    /// Admission to first generated token, by version.
+    pub time_to_first_token: HistogramVec,
+    /// Time between consecutive tokens of a sequence, by version.
+    pub inter_token_latency: HistogramVec,
+    /// Time requests spend waiting for a batch slot.
+    pub queue_wait: Histogram,
+    /// Requests waiting for a slot.
+    pub queue_length: IntGauge,
+    /// Sequences in the running batch.
+    pub running_sequences: IntGauge,
+    /// Prompt tokens processed, by version.
+    pub prompt_tokens: IntCounterVec,
+    /// Tokens generated, by version.
+    pub generated_tokens: IntCounterVec,
+    /// Sequences per forward pass.
+    pub batch_size: Histogram,
+    /// Bytes allocated for KV caches of running sequences.
+    pub kv_cache_bytes: IntGauge,
+    /// Seconds the model took to load.
+    pub model_load_seconds: prometheus::Gauge,
+    /// Response-cache lookups by result (`hit`, `miss`).
+    pub response_cache: IntCounterVec,
+}
+
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    ]
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m;
+                registry.register(Box::new(m.clone()))?;
+                m
+            }};
+        }
+        let h = |name: &str, help: &str| HistogramOpts::new(name, help).buckets(latency_buckets());
+        Ok(Self {
+            http_requests: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tether_http_requests_total",
+                    "HTTP requests by endpoint and status code."
+                ),
+                &["endpoint", "status"]
+            )?),
+            request_duration: reg!(HistogramVec::new(
+                h(
+                    "tether_request_duration_seconds",
+                    "End-to-end HTTP request latency."
+                ),
+                &["endpoint"]
+            )?),
+            time_to_first_token: reg!(HistogramVec::new(
+                h(
+                    "tether_time_to_first_token_seconds",
+                    "Time from admission to the first generated token."
+                ),
+                &["version"]
+            )?),
+            inter_token_latency: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "tether_inter_token_latency_seconds",
+                    "Time between consecutive generated tokens."
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56
+                ]),
+                &["version"]
+            )?),
+            queue_wait: reg!(Histogram::with_opts(h(
+                "tether_queue_wait_seconds",
+                "Time requests wait for a batch slot."
+            ))?),
+            queue_length: reg!(IntGauge::new(
+                "tether_queue_length",
+                "Requests waiting for a batch slot."
+            )?),
+            running_sequences: reg!(IntGauge::new(
+                "tether_running_sequences",
+                "Sequences in the running batch."
+            )?),
+            prompt_tokens: reg!(IntCounterVec::new(
+                Opts::new("tether_prompt_tokens_total", "Prompt tokens processed."),
+                &["version"]
+            )?),
+            generated_tokens: reg!(IntCounterVec::new(
+                Opts::new("tether_generated_tokens_total", "Tokens generated."),
+                &["version"]
+            )?),
+            batch_size: reg!(Histogram::with_opts(
+                HistogramOpts::new("tether_batch_size", "Sequences per forward pass.")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
+            )?),
+            kv_cache_bytes: reg!(IntGauge::new(
+                "tether_kv_cache_bytes",
+                "Bytes allocated for the KV caches of running sequences."
+            )?),
+            model_load_seconds: reg!(prometheus::Gauge::new(
+                "tether_model_load_seconds",
+                "Seconds the serving model took to load."
+            )?),
+            response_cache: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tether_response_cache_requests_total",
+                    "Response-cache lookups by result."
+                ),
+                &["result"]
+            )?),
+            registry,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!("encoding metrics failed: {e}");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,167 @@
+//! `serve`: binds nothing itself (the caller passes a listener), loads the model in
+//! the background while `/health` already answers, and shuts down gracefully.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState, Ready};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::model::{fetch, LoadOptions, LoadedModel, ModelSpec};
+use crate::monitoring::Metrics;
+use crate::registry::Registry;
+use crate::storage::Store;
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The model could not be loaded.
+    #[error(transparent)]
+    Model(#[from] crate::model::Error),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::Error),
+    /// The registry could not be opened.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::Error),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// Serving HTTP failed.
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+    /// The loading task died.
+    #[error("model loading task failed: {0}")]
+    Join(String),
+}
+
+/// The data directory a configuration names.
+pub fn data_dir(config: &Config) -> PathBuf {
+    if config.server.data_dir.is_empty() {
+        fetch::tether_home().join("data")
+    } else {
+        PathBuf::from(&config.server.data_dir)
+    }
+}
+
+/// sha256 identifying the base weights (the default model's is known).
+fn content_hash(spec: &ModelSpec) -> Result<String, crate::model::Error> {
+    match spec {
+        ModelSpec::Default => Ok(fetch::DEFAULT_SHA256.to_string()),
+        ModelSpec::Gguf(p) => fetch::sha256_file(p),
+        ModelSpec::HfDir(d) => {
+            use sha2::{Digest, Sha256};
+            let mut files: Vec<PathBuf> = std::fs::read_dir(d)
+                .map_err(|e| crate::model::Error::io("read", d, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().is_some_and(|x| x == "safetensors")
+                        || p.file_name()
+                            .is_some_and(|n| n == "config.json" || n == "tokenizer.json")
+                })
+                .collect();
+            files.sort();
+            let mut h = Sha256::new();
+            for f in files {
+                h.update(fetch::sha256_file(&f)?.as_bytes());
+            }
+            Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+        }
+        ModelSpec::Hub { repo, revision } => {
+            use sha2::{Digest, Sha256};
+            let id = format!("hf:{repo}@{}", revision.as_deref().unwrap_or("main"));
+            Ok(Sha256::digest(id.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect())
+        }
+    }
+}
+
+fn load(state: &AppState, config: &Config, data_dir: PathBuf) -> Result<(), Error> {
+    let start = Instant::now();
+    let spec: ModelSpec = config.model.spec.parse()?;
+    let opts = LoadOptions {
+        compute: config.model.compute,
+        ..LoadOptions::default()
+    };
+    let model = Arc::new(LoadedModel::load(&spec, &opts)?);
+    let hash = content_hash(&spec)?;
+    let registry = Registry::open(state.store.clone(), &data_dir, &model.name, &hash)?;
+    let engine = Engine::start(model.clone(), config.engine.clone(), state.metrics.clone());
+    state
+        .metrics
+        .model_load_seconds
+        .set(start.elapsed().as_secs_f64());
+    let serving = registry.serving()?;
+    tracing::info!(
+        version = %serving.id,
+        compute = %model.llama.compute(),
+        seconds = start.elapsed().as_secs_f64(),
+        "model loaded; ready"
+    );
+    let _ = state.ready.set(Ready {
+        model,
+        engine,
+        registry,
+    });
+    Ok(())
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets in-flight
+/// requests finish for up to `server.shutdown_grace_secs`.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let data_dir = data_dir(&config);
+    let store = Arc::new(Store::open(&data_dir)?);
+    let metrics = Arc::new(Metrics::new()?);
+    let mut server_cfg = config.server.clone();
+    if server_cfg.default_max_tokens == 0 {
+        server_cfg.default_max_tokens = config.generation.max_tokens;
+    }
+    let state = Arc::new(AppState::new(server_cfg, metrics, store));
+    let addr = listener.local_addr()?;
+    tracing::info!("listening on http://{addr}");
+
+    let loader_state = state.clone();
+    let loader_cfg = config.clone();
+    let loading = tokio::task::spawn_blocking(move || load(&loader_state, &loader_cfg, data_dir));
+
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let graceful =
+        axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; finishing in-flight requests");
+            let _ = signalled_tx.send(());
+        });
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let server = async move {
+        tokio::select! {
+            r = graceful => r,
+            _ = async {
+                let _ = signalled_rx.await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!("grace period over; closing remaining connections");
+                Ok(())
+            }
+        }
+    };
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => return Ok(r?),
+        loaded = loading => match loaded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(Error::Join(e.to_string())),
+        },
+    }
+    Ok(server.await?)
+}
