@@ -4,11 +4,14 @@
 //! same cache `tether` uses). Fast tests use tiny random-weight models of the same
 //! architecture, written to disk by `common` and loaded through the real loader.
 
+mod bad_input;
 mod cli;
 mod common;
 mod generation;
 mod loading;
 mod lora;
+mod openai;
+mod server;
 mod smollm;
 mod tiny_forward;
 mod tokenizer;
