@@ -387,24 +387,54 @@ mod avx2 {
             let mut t0 = 0;
             while t0 < tokens {
                 let nt = (tokens - t0).min(TILE);
-                let mut acc = [_mm256_setzero_ps(); TILE];
-                let mut macc = [0f32; TILE];
-                for b in 0..nb {
-                    let blk = row.add(b * bs);
-                    let (d, mm) = scales(kind, blk);
-                    let w = unpack(kind, blk);
-                    let dv = _mm256_set1_ps(d);
-                    for t in 0..nt {
-                        let s = block_dot(&w, xp.add((t0 + t) * cols + b * QK));
-                        acc[t] = _mm256_fmadd_ps(dv, s, acc[t]);
-                        macc[t] += mm * *sp.add((t0 + t) * nb + b);
-                    }
-                }
-                for t in 0..nt {
-                    o[t0 + t] = hsum(acc[t]) + macc[t];
+                let x0 = xp.add(t0 * cols);
+                let s0 = sp.add(t0 * nb);
+                let o = &mut o[t0..t0 + nt];
+                match nt {
+                    8 => tile::<8>(kind, row, nb, bs, cols, x0, s0, o),
+                    7 => tile::<7>(kind, row, nb, bs, cols, x0, s0, o),
+                    6 => tile::<6>(kind, row, nb, bs, cols, x0, s0, o),
+                    5 => tile::<5>(kind, row, nb, bs, cols, x0, s0, o),
+                    4 => tile::<4>(kind, row, nb, bs, cols, x0, s0, o),
+                    3 => tile::<3>(kind, row, nb, bs, cols, x0, s0, o),
+                    2 => tile::<2>(kind, row, nb, bs, cols, x0, s0, o),
+                    _ => tile::<1>(kind, row, nb, bs, cols, x0, s0, o),
                 }
                 t0 += nt;
             }
+        }
+    }
+
+    /// One row against `NT` tokens: each block is unpacked once and reused for every
+    /// token; `NT` is a constant so the accumulators stay in registers.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const NT: usize>(
+        kind: BlockType,
+        row: *const u8,
+        nb: usize,
+        bs: usize,
+        cols: usize,
+        x: *const f32,
+        sums: *const f32,
+        out: &mut [f32],
+    ) {
+        let mut acc = [_mm256_setzero_ps(); NT];
+        let mut macc = [0f32; NT];
+        for b in 0..nb {
+            let blk = row.add(b * bs);
+            let (d, mm) = scales(kind, blk);
+            let w = unpack(kind, blk);
+            let dv = _mm256_set1_ps(d);
+            for t in 0..NT {
+                let s = block_dot(&w, x.add(t * cols + b * QK));
+                acc[t] = _mm256_fmadd_ps(dv, s, acc[t]);
+                macc[t] += mm * *sums.add(t * nb + b);
+            }
+        }
+        for t in 0..NT {
+            out[t] = hsum(acc[t]) + macc[t];
         }
     }
 }

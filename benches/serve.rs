@@ -1,0 +1,222 @@
+//! Load generator against the real server on loopback:
+//!
+//! ```text
+//! cargo bench --bench serve                 # throughput/TTFT table, then memory
+//! cargo bench --bench serve -- --memory     # only peak RSS with 8 x 1k-token contexts
+//! ```
+//!
+//! For 1, 4, 8 and 16 concurrent streaming clients, with batching on and off: aggregate
+//! completion tokens/s and p50/p99 time to first token. Each client sends requests
+//! back to back (64-token completions). Then, in a fresh process, peak RSS while
+//! serving 8 sequences whose contexts reach 1k tokens.
+
+use std::io::{BufRead, BufReader};
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tether::config::Config;
+
+struct Server {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(batching: bool, max_batch: usize) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::load(None).expect("config");
+        config.server.data_dir = dir.path().display().to_string();
+        config.server.response_cache_bytes = 0;
+        config.engine.batching = batching;
+        config.engine.max_batch = max_batch;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                addr_tx
+                    .send(listener.local_addr().expect("addr"))
+                    .expect("send");
+                tether::server::serve(listener, config, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .expect("serve");
+            });
+        });
+        let url = format!("http://{}", addr_rx.recv().expect("addr"));
+        for _ in 0..600 {
+            if ureq::get(&format!("{url}/ready"))
+                .call()
+                .is_ok_and(|r| r.status() == 200)
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            url,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One streaming request; returns (time to first token, completion tokens).
+fn stream(url: &str, prompt: &str, max_tokens: usize, seed: u64) -> (Duration, usize) {
+    let t = Instant::now();
+    let resp = ureq::post(&format!("{url}/v1/chat/completions"))
+        .send_json(
+            json!({"model": "tether", "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens, "temperature": 0.7, "seed": seed, "stream": true,
+            "stream_options": {"include_usage": true}}),
+        )
+        .expect("request");
+    let mut ttft = None;
+    let mut tokens = 0;
+    for line in BufReader::new(resp.into_reader()).lines() {
+        let line = line.expect("line");
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            break;
+        }
+        let v: serde_json::Value = serde_json::from_str(data).expect("json");
+        if ttft.is_none()
+            && v["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        {
+            ttft = Some(t.elapsed());
+        }
+        if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+            tokens = n as usize;
+        }
+    }
+    (ttft.unwrap_or_else(|| t.elapsed()), tokens)
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn load(batching: bool, clients: usize, requests_per_client: usize) {
+    let server = Server::start(batching, 16);
+    // Warm-up.
+    stream(&server.url, "Hello", 4, 0);
+    let barrier = Arc::new(Barrier::new(clients));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let url = server.url.clone();
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                (0..requests_per_client)
+                    .map(|r| {
+                        let prompt = format!(
+                            "Write a short story about a {} who finds a {}.",
+                            ["cat", "robot", "sailor", "baker"][c % 4],
+                            ["key", "map", "song", "door"][r % 4]
+                        );
+                        stream(&url, &prompt, 64, (c * 100 + r) as u64)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<(Duration, usize)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("join"))
+        .collect();
+    let wall = start.elapsed().as_secs_f64();
+    let tokens: usize = results.iter().map(|r| r.1).sum();
+    let mut ttft: Vec<f64> = results.iter().map(|r| r.0.as_secs_f64() * 1000.0).collect();
+    println!(
+        "| {} | {clients} | {} | {:.1} | {:.0} | {:.0} |",
+        if batching { "on" } else { "off" },
+        results.len(),
+        tokens as f64 / wall,
+        percentile(&mut ttft, 0.5),
+        percentile(&mut ttft, 0.99)
+    );
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn memory() {
+    let server = Server::start(true, 8);
+    let before = peak_rss_mb();
+    // ~900-token prompts + 124 generated tokens: contexts reach about 1k tokens.
+    let filler = "The quick brown fox jumps over the lazy dog. ".repeat(85);
+    let barrier = Arc::new(Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let url = server.url.clone();
+            let b = barrier.clone();
+            let prompt =
+                format!("{filler}\nSummarise the text above in one word, then count to {i}.");
+            std::thread::spawn(move || {
+                b.wait();
+                stream(&url, &prompt, 124, i)
+            })
+        })
+        .collect();
+    let tokens: usize = handles.into_iter().map(|h| h.join().expect("join").1).sum();
+    println!(
+        "peak RSS serving 8 sequences with ~1k-token contexts: {:.0} MB (after load, before traffic: {before:.0} MB; {tokens} tokens generated)",
+        peak_rss_mb()
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--memory") {
+        memory();
+        return;
+    }
+    println!("| batching | clients | requests | aggregate completion tok/s | TTFT p50 ms | TTFT p99 ms |");
+    println!("|---|---|---|---|---|---|");
+    for batching in [true, false] {
+        for clients in [1, 4, 8, 16] {
+            let per_client = if clients == 1 { 4 } else { 2 };
+            load(batching, clients, per_client);
+        }
+    }
+    let exe = std::env::current_exe().expect("exe");
+    let status = Command::new(exe)
+        .args(["--bench", "--memory"])
+        .status()
+        .expect("spawn");
+    assert!(status.success());
+}
