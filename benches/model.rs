@@ -143,14 +143,7 @@ fn lora_step(m: &LoadedModel) -> Option<f64> {
 }
 
 fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    tether::monitoring::peak_rss_bytes().map_or(f64::NAN, |b| b as f64 / 1048576.0)
 }
 
 fn run(compute: ComputePath) {

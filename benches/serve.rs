@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! cargo bench --bench serve                 # throughput/TTFT table, then memory
+//! cargo bench --bench serve -- --batching-on-only
 //! cargo bench --bench serve -- --memory     # only peak RSS with 8 x 1k-token contexts
+//! cargo bench --bench serve -- --memory --f16-kv   # the same with an f16 KV cache
 //! ```
 //!
 //! For 1, 4, 8 and 16 concurrent streaming clients, with batching on and off: aggregate
@@ -17,68 +19,27 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tether::config::Config;
+use tether::server::Background;
 
-struct Server {
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+/// The server with batching on or off, `max_batch` slots, no response cache.
+fn start_server(batching: bool, max_batch: usize) -> (tempfile::TempDir, Background) {
+    start_server_with(batching, max_batch, tether::engine::KvStorage::F32)
 }
 
-impl Server {
-    fn start(batching: bool, max_batch: usize) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::load(None).expect("config");
-        config.server.data_dir = dir.path().display().to_string();
-        config.server.response_cache_bytes = 0;
-        config.engine.batching = batching;
-        config.engine.max_batch = max_batch;
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                addr_tx
-                    .send(listener.local_addr().expect("addr"))
-                    .expect("send");
-                tether::server::serve(listener, config, async {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .expect("serve");
-            });
-        });
-        let url = format!("http://{}", addr_rx.recv().expect("addr"));
-        for _ in 0..600 {
-            if ureq::get(&format!("{url}/ready"))
-                .call()
-                .is_ok_and(|r| r.status() == 200)
-            {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Self {
-            url,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+fn start_server_with(
+    batching: bool,
+    max_batch: usize,
+    kv: tether::engine::KvStorage,
+) -> (tempfile::TempDir, Background) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::load(None).expect("config");
+    config.server.data_dir = dir.path().display().to_string();
+    config.server.response_cache_bytes = 0;
+    config.engine.batching = batching;
+    config.engine.max_batch = max_batch;
+    config.engine.kv_cache = kv;
+    let server = Background::start(config, Duration::from_secs(300)).expect("server");
+    (dir, server)
 }
 
 /// One streaming request; returns (time to first token, completion tokens).
@@ -122,7 +83,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn load(batching: bool, clients: usize, requests_per_client: usize) {
-    let server = Server::start(batching, 16);
+    let (_dir, server) = start_server(batching, 16);
     // Warm-up.
     stream(&server.url, "Hello", 4, 0);
     let barrier = Arc::new(Barrier::new(clients));
@@ -164,18 +125,11 @@ fn load(batching: bool, clients: usize, requests_per_client: usize) {
 }
 
 fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    tether::monitoring::peak_rss_bytes().map_or(f64::NAN, |b| b as f64 / 1048576.0)
 }
 
-fn memory() {
-    let server = Server::start(true, 8);
+fn memory(kv: tether::engine::KvStorage) {
+    let (_dir, server) = start_server_with(true, 8, kv);
     let before = peak_rss_mb();
     // ~900-token prompts + 124 generated tokens: contexts reach about 1k tokens.
     let filler = "The quick brown fox jumps over the lazy dog. ".repeat(85);
@@ -194,7 +148,7 @@ fn memory() {
         .collect();
     let tokens: usize = handles.into_iter().map(|h| h.join().expect("join").1).sum();
     println!(
-        "peak RSS serving 8 sequences with ~1k-token contexts: {:.0} MB (after load, before traffic: {before:.0} MB; {tokens} tokens generated)",
+        "peak RSS serving 8 sequences with ~1k-token contexts, {kv:?} KV cache: {:.0} MB (after load, before traffic: {before:.0} MB; {tokens} tokens generated)",
         peak_rss_mb()
     );
 }
@@ -202,12 +156,22 @@ fn memory() {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--memory") {
-        memory();
+        let kv = if args.iter().any(|a| a == "--f16-kv") {
+            tether::engine::KvStorage::F16
+        } else {
+            tether::engine::KvStorage::F32
+        };
+        memory(kv);
         return;
     }
     println!("| batching | clients | requests | aggregate completion tok/s | TTFT p50 ms | TTFT p99 ms |");
     println!("|---|---|---|---|---|---|");
-    for batching in [true, false] {
+    let modes: &[bool] = if args.iter().any(|a| a == "--batching-on-only") {
+        &[true]
+    } else {
+        &[true, false]
+    };
+    for &batching in modes {
         for clients in [1, 4, 8, 16] {
             let per_client = if clients == 1 { 4 } else { 2 };
             load(batching, clients, per_client);

@@ -165,3 +165,86 @@ pub async fn serve(
     }
     Ok(server.await?)
 }
+
+/// A server on its own thread and runtime, bound to a free loopback port: for tests,
+/// benchmarks and programs that embed Tether. Dropping it shuts the server down.
+pub struct Background {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts `serve` with `config` on 127.0.0.1 (any free port) and waits, up to
+    /// `ready_within`, until `/ready` answers 200.
+    pub fn start(config: Config, ready_within: Duration) -> Result<Self, Error> {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("tether-server".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Runtime::new() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = addr_tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match TcpListener::bind("127.0.0.1:0").await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = addr_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = addr_tx.send(listener.local_addr());
+                    if let Err(e) = serve(listener, config, async {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+                    {
+                        tracing::error!("background server stopped: {e}");
+                    }
+                });
+            })?;
+        let addr = addr_rx
+            .recv()
+            .map_err(|_| Error::Join("the server thread ended before binding".into()))??;
+        let server = Self {
+            url: format!("http://{addr}"),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        let deadline = Instant::now() + ready_within;
+        while Instant::now() < deadline {
+            if ureq::get(&format!("{}/ready", server.url))
+                .call()
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return Ok(server);
+            }
+            if server.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                return Err(Error::Join(
+                    "the server stopped while loading; see the log".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(Error::Join(format!(
+            "the server was not ready within {ready_within:?}"
+        )))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

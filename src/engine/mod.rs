@@ -29,6 +29,19 @@ pub struct EngineConfig {
     pub prefill_chunk: usize,
     /// Run sequences one at a time instead of batching (for comparison benchmarks).
     pub batching: bool,
+    /// KV-cache storage: `f32` (faithful, default) or `f16` (half the memory).
+    pub kv_cache: KvStorage,
+}
+
+/// How the KV cache stores keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvStorage {
+    /// Exact.
+    #[default]
+    F32,
+    /// Half the memory; keys and values are rounded to f16 when stored.
+    F16,
 }
 
 impl Default for EngineConfig {
@@ -38,6 +51,7 @@ impl Default for EngineConfig {
             max_queue: 64,
             prefill_chunk: 256,
             batching: true,
+            kv_cache: KvStorage::F32,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use super::{EngineConfig, Event, Request};
+use super::{EngineConfig, Event, KvStorage, Request};
 use crate::model::{
     FinishReason, Generation, KvCache, LoadedModel, LoraAdapter, Mode, Outputs, SeqInput,
 };
@@ -138,7 +138,13 @@ impl Scheduler {
                 self.running.push(Seq {
                     shared: shared.clone(),
                     choice,
-                    cache: self.model.llama.new_cache(),
+                    cache: match self.config.kv_cache {
+                        KvStorage::F32 => self.model.llama.new_cache(),
+                        KvStorage::F16 => KvCache::with_dtype(
+                            self.model.llama.config().num_layers,
+                            candle_core::DType::F16,
+                        ),
+                    },
                     gen,
                     prefilled: 0,
                     next: None,

@@ -12,6 +12,8 @@ use super::error::Result;
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<LayerKv>,
+    /// Storage dtype (`None`: f32). Attention always computes in f32.
+    storage: Option<DType>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -25,10 +27,20 @@ impl KvCache {
     /// Growth granularity, in tokens.
     pub const BLOCK: usize = 128;
 
-    /// An empty cache for a model of `num_layers` layers.
+    /// An empty f32 cache for a model of `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
         Self {
             layers: vec![LayerKv::default(); num_layers],
+            storage: None,
+        }
+    }
+
+    /// An empty cache storing keys and values as `dtype` (f16 halves the memory;
+    /// values are widened back to f32 for attention, so only storage rounds).
+    pub fn with_dtype(num_layers: usize, dtype: DType) -> Self {
+        Self {
+            layers: vec![LayerKv::default(); num_layers],
+            storage: (dtype != DType::F32).then_some(dtype),
         }
     }
 
@@ -79,6 +91,7 @@ impl KvCache {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
+        let dtype = self.storage.unwrap_or(DType::F32);
         let l = &mut self.layers[layer];
         let (heads, new, dim) = k.dims3()?;
         let needed = l.len + new;
@@ -87,7 +100,7 @@ impl KvCache {
             let cap = needed.div_ceil(Self::BLOCK) * Self::BLOCK;
             let cap = cap.max(capacity * 2).max(Self::BLOCK);
             let grow = |old: &Option<Tensor>| -> Result<Tensor> {
-                let buf = Tensor::zeros((heads, cap, dim), DType::F32, k.device())?;
+                let buf = Tensor::zeros((heads, cap, dim), dtype, k.device())?;
                 if let Some(old) = old {
                     if l.len > 0 {
                         buf.slice_set(&old.narrow(1, 0, l.len)?.contiguous()?, 1, 0)?;
@@ -108,9 +121,14 @@ impl KvCache {
                 ))
             }
         };
-        kb.slice_set(&k.contiguous()?, 1, l.len)?;
-        vb.slice_set(&v.contiguous()?, 1, l.len)?;
+        kb.slice_set(&k.to_dtype(dtype)?.contiguous()?, 1, l.len)?;
+        vb.slice_set(&v.to_dtype(dtype)?.contiguous()?, 1, l.len)?;
         l.len = needed;
-        Ok((kb.narrow(1, 0, needed)?, vb.narrow(1, 0, needed)?))
+        let (kv, vv) = (kb.narrow(1, 0, needed)?, vb.narrow(1, 0, needed)?);
+        if dtype == DType::F32 {
+            Ok((kv, vv))
+        } else {
+            Ok((kv.to_dtype(DType::F32)?, vv.to_dtype(DType::F32)?))
+        }
     }
 }

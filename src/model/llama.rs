@@ -529,8 +529,12 @@ impl Llama {
             let q = self.rope.apply(&q, &cos, &sin, train)?.squeeze(0)?;
             let k = self.rope.apply(&k, &cos, &sin, train)?.squeeze(0)?;
 
-            let mut outs = Vec::with_capacity(seqs.len());
-            for (s, &(start, len)) in seqs.iter_mut().zip(&spans) {
+            // Sequences with few new tokens (decode steps) attend in one parallel pass
+            // over the cache buffers; longer chunks use batched matrix products.
+            let direct = !train && dev.is_cpu();
+            let mut outs: Vec<Option<Tensor>> = vec![None; seqs.len()];
+            let mut jobs = Vec::new();
+            for (i, (s, &(start, len))) in seqs.iter_mut().zip(&spans).enumerate() {
                 let narrow = |t: &Tensor| -> Result<Tensor> {
                     if len == total {
                         Ok(t.clone())
@@ -538,13 +542,34 @@ impl Llama {
                         Ok(t.narrow(1, start, len)?)
                     }
                 };
-                let (qi, ki, vi) = (narrow(&q)?, narrow(&k)?, narrow(&v)?);
+                let (ki, vi) = (narrow(&k)?, narrow(&v)?);
                 let (keys, values) = match s.cache.as_deref_mut() {
                     Some(c) => c.append(li, &ki, &vi)?,
                     None => (ki, vi),
                 };
-                outs.push(self.attend(&qi, &keys, &values, train)?);
+                if direct && len <= DIRECT_ATTENTION_MAX_NEW {
+                    jobs.push(DirectJob {
+                        seq: i,
+                        start,
+                        len,
+                        keys,
+                        values,
+                    });
+                } else {
+                    outs[i] = Some(self.attend(&narrow(&q)?, &keys, &values, train)?);
+                }
             }
+            if !jobs.is_empty() {
+                for (i, t) in attend_direct(&q, &jobs, nkv)? {
+                    outs[i] = Some(t);
+                }
+            }
+            let mut outs: Vec<Tensor> =
+                outs.into_iter()
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        Error::InvalidArgument("a sequence got no attention output".into())
+                    })?;
             let att = if outs.len() == 1 {
                 outs.remove(0)
             } else {
@@ -643,6 +668,135 @@ impl Llama {
             .transpose(0, 1)?
             .reshape((l, nh * hd))?)
     }
+}
+
+/// Sequences with at most this many new tokens use [`attend_direct`].
+const DIRECT_ATTENTION_MAX_NEW: usize = 4;
+
+/// One sequence's part of [`attend_direct`].
+struct DirectJob {
+    seq: usize,
+    start: usize,
+    len: usize,
+    keys: Tensor,
+    values: Tensor,
+}
+
+/// f32 data and layout of a CPU tensor, for reading without candle ops.
+fn cpu_data(t: &Tensor) -> Result<(candle_core::StorageRef<'_>, &candle_core::Layout)> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(_))
+            if layout.stride().last() == Some(&1) => {}
+        _ => {
+            return Err(Error::InvalidArgument(
+                "direct attention needs f32 CPU tensors with unit inner stride".into(),
+            ))
+        }
+    }
+    Ok((storage, layout))
+}
+
+fn f32_slice<'a>(s: &'a candle_core::StorageRef<'_>) -> &'a [f32] {
+    match &**s {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => v,
+        _ => &[],
+    }
+}
+
+/// Causal attention for several sequences at once, computed directly over their
+/// key/value buffers (strided views of the caches) in one parallel pass: no per-sequence
+/// tensor ops. `q` is `(heads, total new tokens, head_dim)`; returns each job's
+/// `(new, heads·head_dim)` output. Serving only (no autograd).
+fn attend_direct(q: &Tensor, jobs: &[DirectJob], nkv: usize) -> Result<Vec<(usize, Tensor)>> {
+    use rayon::prelude::*;
+    let q = q.contiguous()?;
+    let (nh, total, hd) = q.dims3()?;
+    let g = nh / nkv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (qs, ql) = cpu_data(&q)?;
+    let qv = &f32_slice(&qs)[ql.start_offset()..];
+    let mut views = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        let (ks, kl) = cpu_data(&j.keys)?;
+        let (vs, vl) = cpu_data(&j.values)?;
+        let (_, s, _) = j.keys.dims3()?;
+        views.push((
+            ks,
+            kl.start_offset(),
+            kl.stride().to_vec(),
+            vs,
+            vl.start_offset(),
+            vl.stride().to_vec(),
+            s,
+        ));
+    }
+    let work: Vec<(usize, usize)> = (0..jobs.len())
+        .flat_map(|j| (0..nh).map(move |h| (j, h)))
+        .collect();
+    let results: Vec<Vec<f32>> = work
+        .par_iter()
+        .map(|&(j, h)| {
+            let job = &jobs[j];
+            let (ks, ko, kst, vs, vo, vst, s) = &views[j];
+            let (k, v) = (f32_slice(ks), f32_slice(vs));
+            let kvh = h / g;
+            let mut out = vec![0f32; job.len * hd];
+            let mut scores = vec![0f32; *s];
+            for l in 0..job.len {
+                let visible = s - job.len + l + 1;
+                let qrow = &qv[h * total * hd + (job.start + l) * hd..][..hd];
+                let mut max = f32::NEG_INFINITY;
+                for (p, score) in scores.iter_mut().enumerate().take(visible) {
+                    let krow = &k[ko + kvh * kst[0] + p * kst[1]..][..hd];
+                    let mut acc = [0f32; 8];
+                    for (qc, kc) in qrow.chunks_exact(8).zip(krow.chunks_exact(8)) {
+                        for i in 0..8 {
+                            acc[i] += qc[i] * kc[i];
+                        }
+                    }
+                    let mut dot: f32 = acc.iter().sum();
+                    for i in (hd / 8) * 8..hd {
+                        dot += qrow[i] * krow[i];
+                    }
+                    *score = dot * scale;
+                    max = max.max(*score);
+                }
+                let mut sum = 0f32;
+                for score in scores.iter_mut().take(visible) {
+                    *score = (*score - max).exp();
+                    sum += *score;
+                }
+                let o = &mut out[l * hd..(l + 1) * hd];
+                for (p, &w) in scores.iter().enumerate().take(visible) {
+                    let w = w / sum;
+                    let vrow = &v[vo + kvh * vst[0] + p * vst[1]..][..hd];
+                    for (oi, vi) in o.iter_mut().zip(vrow) {
+                        *oi += w * vi;
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+    drop(views);
+    drop(qs);
+    let mut outputs = Vec::with_capacity(jobs.len());
+    for (j, job) in jobs.iter().enumerate() {
+        let mut data = vec![0f32; job.len * nh * hd];
+        for h in 0..nh {
+            let r = &results[j * nh + h];
+            for l in 0..job.len {
+                data[l * nh * hd + h * hd..l * nh * hd + (h + 1) * hd]
+                    .copy_from_slice(&r[l * hd..(l + 1) * hd]);
+            }
+        }
+        outputs.push((
+            job.seq,
+            Tensor::from_vec(data, (job.len, nh * hd), q.device())?,
+        ));
+    }
+    Ok(outputs)
 }
 
 /// `(new, total)` additive mask: new token `i` (at position `total - new + i`) sees keys

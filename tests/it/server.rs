@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tether::config::Config;
 
-/// A server running in this process on 127.0.0.1:PORT, stopped on drop.
+/// A server running in this process on 127.0.0.1:PORT with its own data directory,
+/// stopped on drop.
 pub struct TestServer {
     pub url: String,
+    // Field order matters: the server stops before its data directory is removed.
+    _server: tether::server::Background,
     pub dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 pub const OPERATOR: &str = "test-operator-token";
@@ -28,41 +29,13 @@ impl TestServer {
             source: "test-user".into(),
         }];
         tweak(&mut config);
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                addr_tx
-                    .send(listener.local_addr().expect("addr"))
-                    .expect("send addr");
-                tether::server::serve(listener, config, async {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .expect("serve");
-            });
-        });
-        let addr = addr_rx.recv().expect("server address");
-        let s = Self {
-            url: format!("http://{addr}"),
+        let server = tether::server::Background::start(config, Duration::from_secs(120))
+            .expect("server starts");
+        Self {
+            url: server.url.clone(),
+            _server: server,
             dir,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        };
-        // Wait (bounded) for the model to load.
-        for _ in 0..600 {
-            if let Ok(r) = ureq::get(&format!("{}/ready", s.url)).call() {
-                if r.status() == 200 {
-                    return s;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("server never became ready");
     }
 
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value, Option<String>) {
@@ -105,17 +78,6 @@ impl TestServer {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(f64::NAN)
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -518,4 +480,18 @@ fn sixteen_concurrent_streams_all_progress_and_cancelled_clients_free_their_slot
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(freed, "cancelled streams still hold their slots");
+}
+
+#[test]
+fn an_f16_kv_cache_serves_the_same_answer() {
+    let s = TestServer::start(|c| c.engine.kv_cache = tether::engine::KvStorage::F16);
+    let (status, body, _) = s.post(
+        "/v1/chat/completions",
+        &chat("What is the capital of France?"),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "The capital of France is Paris."
+    );
 }

@@ -232,3 +232,23 @@ fn bad_batches_are_errors_and_leave_caches_untouched() {
         .expect_err("overflow");
     assert!(err.to_string().contains("context length of 256"), "{err}");
 }
+
+#[test]
+fn an_f16_kv_cache_halves_memory_and_stays_close_to_f32() {
+    let (_dir, m) = tiny_model(Tiny::default(), 13);
+    let model = &m.llama;
+    let tokens: Vec<u32> = (0..150u32).map(|i| (i * 11 + 5) % 96).collect();
+    let mut exact = model.new_cache();
+    let mut half = KvCache::with_dtype(model.config().num_layers, candle_core::DType::F16);
+    let a = run(model, &tokens[..100], Some(&mut exact), Outputs::LastToken);
+    let b = run(model, &tokens[..100], Some(&mut half), Outputs::LastToken);
+    assert!(max_abs_diff(&a, &b) < 1e-2);
+    for &t in &tokens[100..] {
+        let a = run(model, &[t], Some(&mut exact), Outputs::LastToken);
+        let b = run(model, &[t], Some(&mut half), Outputs::LastToken);
+        let d = max_abs_diff(&a, &b);
+        assert!(d < 2e-2, "f16 cache drifted by {d}");
+    }
+    assert_eq!(half.len(), exact.len());
+    assert_eq!(half.size_in_bytes() * 2, exact.size_in_bytes());
+}
