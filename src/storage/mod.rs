@@ -19,6 +19,14 @@ pub enum Error {
         /// Cause.
         source: rusqlite::Error,
     },
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    CreateDir {
+        /// Directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// A query failed.
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
@@ -98,8 +106,10 @@ impl Store {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(dir)
-            .map_err(|e| open(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let conn = Connection::open(&path).map_err(open)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open)?;

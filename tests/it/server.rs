@@ -125,9 +125,9 @@ fn assert_error(status: u16, body: &Value, want: u16) {
     );
 }
 
-#[test]
-fn chat_completion_answers_with_version_and_durable_id() {
-    let s = TestServer::start(|_| {});
+/// Asks the France question greedily; asserts the faithful answer and returns the
+/// body and the `x-tether-version` header.
+fn answers_paris(s: &TestServer) -> (Value, Option<String>) {
     let (status, body, version) = s.post(
         "/v1/chat/completions",
         &chat("What is the capital of France?"),
@@ -137,6 +137,13 @@ fn chat_completion_answers_with_version_and_durable_id() {
         body["choices"][0]["message"]["content"],
         "The capital of France is Paris."
     );
+    (body, version)
+}
+
+#[test]
+fn chat_completion_answers_with_version_and_durable_id() {
+    let s = TestServer::start(|_| {});
+    let (body, version) = answers_paris(&s);
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
     assert_eq!(body["model"], "smollm2-135m-instruct@v1");
     assert_eq!(version.as_deref(), Some("smollm2-135m-instruct@v1"));
@@ -485,13 +492,5 @@ fn sixteen_concurrent_streams_all_progress_and_cancelled_clients_free_their_slot
 #[test]
 fn an_f16_kv_cache_serves_the_same_answer() {
     let s = TestServer::start(|c| c.engine.kv_cache = tether::engine::KvStorage::F16);
-    let (status, body, _) = s.post(
-        "/v1/chat/completions",
-        &chat("What is the capital of France?"),
-    );
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        body["choices"][0]["message"]["content"],
-        "The capital of France is Paris."
-    );
+    answers_paris(&s);
 }
