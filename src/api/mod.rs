@@ -7,6 +7,7 @@ mod chat;
 mod error;
 mod health;
 mod json;
+mod limit;
 mod models;
 pub mod state;
 pub mod wire;
@@ -61,6 +62,10 @@ pub fn router(state: SharedState) -> Router {
             e.into_response()
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit::limit_body,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::internal("a request handler panicked").into_response()

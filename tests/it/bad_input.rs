@@ -113,7 +113,7 @@ fn malformed_and_invalid_requests_are_explained() {
         "{b}"
     );
     // Body over the configured limit.
-    let huge = "x".repeat(100 * 1024);
+    let huge = "x".repeat(2 * 1024 * 1024);
     let (st, b, _) = s.post(
         chat,
         &json!({"model": "tether", "messages": [{"role": "user", "content": huge}]}),
