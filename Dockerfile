@@ -12,6 +12,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
 COPY configs ./configs
+COPY safety ./safety
 RUN cargo build --release --locked --bin tether
 
 FROM debian:bookworm-slim
@@ -23,12 +24,15 @@ RUN apt-get update \
  && chown tether:tether /var/cache/tether /var/lib/tether
 COPY --from=build /src/target/release/tether /usr/local/bin/tether
 COPY configs /etc/tether
+# The safety folder operators edit (hot-reloaded); mount over it to manage it outside.
+COPY safety/policy.toml safety/rules.toml safety/classifier.safetensors /etc/tether/safety/
 USER tether
 ENV TETHER_HOME=/var/cache/tether \
     TETHER_DATA_DIR=/var/lib/tether \
     TETHER_HOST=0.0.0.0 \
     TETHER_PORT=8080 \
-    TETHER_CONFIG=/etc/tether/default.toml
+    TETHER_CONFIG=/etc/tether/default.toml \
+    TETHER_SAFETY_DIR=/etc/tether/safety
 VOLUME ["/var/cache/tether", "/var/lib/tether"]
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s --start-period=120s \

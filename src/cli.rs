@@ -37,6 +37,40 @@ pub enum Command {
     /// Operator commands against a running server.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Train, run and evaluate the safety classifiers offline.
+    #[command(subcommand)]
+    Safety(SafetyCommand),
+}
+
+/// `tether safety …`.
+#[derive(Debug, Subcommand)]
+pub enum SafetyCommand {
+    /// Train the classifier from labelled JSONL files ({"text", "labels"} per line).
+    Train {
+        /// Folder of training files (default: SAFETY_DIR/data/train).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Where to write the weights (default: SAFETY_DIR/classifier.safetensors).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Passes over the data.
+        #[arg(long, default_value_t = 12)]
+        epochs: usize,
+    },
+    /// Classify JSONL from stdin ({"text": ...} per line); one JSON result per line.
+    Classify {
+        /// Check the texts as answers instead of prompts.
+        #[arg(long)]
+        output: bool,
+    },
+    /// Precision, recall and ROC-AUC per category on a labelled JSONL file.
+    Eval {
+        /// Labelled file (default: SAFETY_DIR/data/heldout.jsonl).
+        file: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `tether serve`.
@@ -172,6 +206,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Chat(args) => chat(&config, args),
+        Command::Safety(cmd) => safety(&config, cmd),
         Command::Model(ModelCommand::Fetch { force }) => {
             let home = fetch::tether_home();
             let cached = fetch::default_model_path(&home);
@@ -250,6 +285,61 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+fn safety(config: &Config, cmd: SafetyCommand) -> anyhow::Result<()> {
+    use crate::safety::{offline, Cascade, Direction};
+    let dir = PathBuf::from(&config.safety.dir);
+    let cascade = || -> anyhow::Result<Cascade> {
+        if dir.exists() {
+            Ok(Cascade::load(&dir, 0)?)
+        } else {
+            Ok(Cascade::builtin()?)
+        }
+    };
+    match cmd {
+        SafetyCommand::Train { data, out, epochs } => {
+            let data = data.unwrap_or_else(|| dir.join("data").join("train"));
+            let out = out.unwrap_or_else(|| dir.join(crate::safety::CLASSIFIER_FILE));
+            let opts = crate::safety::classifier::TrainOptions {
+                epochs,
+                ..Default::default()
+            };
+            let started = std::time::Instant::now();
+            let n = offline::train(&data, &out, &opts)?;
+            eprintln!(
+                "trained on {n} examples from {} in {:.1}s; wrote {}",
+                data.display(),
+                started.elapsed().as_secs_f64(),
+                out.display()
+            );
+            Ok(())
+        }
+        SafetyCommand::Classify { output } => {
+            let c = cascade()?;
+            let d = if output {
+                Direction::Output
+            } else {
+                Direction::Input
+            };
+            let stdin = std::io::stdin().lock();
+            let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            offline::classify(&c, d, stdin, stdout).context("classifying stdin")?;
+            Ok(())
+        }
+        SafetyCommand::Eval { file, json } => {
+            let c = cascade()?;
+            let file = file.unwrap_or_else(|| dir.join("data").join("heldout.jsonl"));
+            let examples = crate::safety::classifier::read_examples(&file)?;
+            let report = offline::evaluate(&c, &examples);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(())
+        }
     }
 }
 

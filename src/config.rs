@@ -103,6 +103,21 @@ pub struct ServerConfig {
     pub default_temperature: f64,
 }
 
+/// The safety layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyConfig {
+    /// Check prompts and answers at all.
+    pub enabled: bool,
+    /// The folder with `policy.toml`, `rules.toml` and `classifier.safetensors`
+    /// (relative paths are from the working directory).
+    pub dir: String,
+    /// Poll the folder for changes this often (0: only SIGHUP and the reload endpoint).
+    pub watch_secs: u64,
+    /// Verdicts kept for repeated texts.
+    pub cache_entries: u64,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +132,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Batching engine.
     pub engine: EngineConfig,
+    /// Safety classifiers and policy.
+    pub safety: SafetyConfig,
 }
 
 impl Config {
@@ -168,6 +185,12 @@ impl Config {
         }
         if let Ok(v) = std::env::var("TETHER_OPERATOR_TOKEN") {
             self.server.operator_token = Some(v);
+        }
+        if let Ok(v) = std::env::var("TETHER_SAFETY_DIR") {
+            self.safety.dir = v;
+        }
+        if let Ok(v) = std::env::var("TETHER_SAFETY") {
+            self.safety.enabled = !matches!(v.as_str(), "0" | "false" | "no" | "off");
         }
         if let Ok(v) = std::env::var("TETHER_ALLOW_ANONYMOUS") {
             self.server.allow_anonymous = matches!(v.as_str(), "1" | "true" | "yes" | "on");

@@ -9,6 +9,7 @@
 //! - [`api`]: the OpenAI-compatible HTTP API (the only module that knows HTTP).
 //! - [`server`]: `serve(listener, config, shutdown)`: state, model loading, shutdown.
 //! - [`registry`]: immutable, content-hashed model versions; the base is version 1.
+//! - [`safety`]: classifiers, rules and policy on every prompt and answer (hot-reloaded).
 //! - [`storage`]: the SQLite database (versions, completion records, API keys).
 //! - [`monitoring`]: Prometheus metrics.
 //! - [`learner`]: trains LoRA adapters; the only code that changes what the model says.
@@ -24,5 +25,6 @@ pub mod learner;
 pub mod model;
 pub mod monitoring;
 pub mod registry;
+pub mod safety;
 pub mod server;
 pub mod storage;

@@ -14,6 +14,7 @@ use crate::engine::Engine;
 use crate::model::{fetch, LoadOptions, LoadedModel, ModelSpec};
 use crate::monitoring::Metrics;
 use crate::registry::Registry;
+use crate::safety::Safety;
 use crate::storage::Store;
 
 /// Errors that stop the server.
@@ -34,6 +35,9 @@ pub enum Error {
     /// Serving HTTP failed.
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
+    /// The safety folder is invalid.
+    #[error("safety: {0}")]
+    Safety(#[from] crate::safety::Error),
     /// The loading task died.
     #[error("model loading task failed: {0}")]
     Join(String),
@@ -112,6 +116,29 @@ fn load(state: &AppState, config: &Config, data_dir: PathBuf) -> Result<(), Erro
     Ok(())
 }
 
+/// Reloads the safety folder whenever the process receives SIGHUP.
+fn reload_on_sighup(safety: &Arc<Safety>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let weak = Arc::downgrade(safety);
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        let Some(s) = weak.upgrade() else { return };
+                        tracing::info!("SIGHUP: reloading the safety folder");
+                        let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("cannot listen for SIGHUP: {e}"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = safety;
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, then lets in-flight
 /// requests finish for up to `server.shutdown_grace_secs`.
 pub async fn serve(
@@ -126,7 +153,23 @@ pub async fn serve(
     if server_cfg.default_max_tokens == 0 {
         server_cfg.default_max_tokens = config.generation.max_tokens;
     }
-    let state = Arc::new(AppState::new(server_cfg, metrics, store));
+    let safety = if config.safety.enabled {
+        let s = Arc::new(Safety::open(
+            std::path::Path::new(&config.safety.dir),
+            config.safety.cache_entries,
+            Some(metrics.clone()),
+        )?);
+        s.watch(Duration::from_secs(config.safety.watch_secs));
+        reload_on_sighup(&s);
+        Some(s)
+    } else {
+        tracing::warn!("safety checks are off (safety.enabled = false)");
+        None
+    };
+    if let Ok(n) = store.pending_reviews() {
+        metrics.review_queue_length.set(n);
+    }
+    let state = Arc::new(AppState::new(server_cfg, metrics, store, safety));
     let addr = listener.local_addr()?;
     tracing::info!("listening on http://{addr}");
 

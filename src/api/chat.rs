@@ -14,6 +14,7 @@ use rand::distr::{Alphanumeric, SampleString};
 
 use super::auth;
 use super::error::ApiError;
+use super::guard::{self, Guard, Step, StreamCheck};
 use super::json::ApiJson;
 use super::state::{Cached, Ready, SharedState};
 use super::wire::*;
@@ -88,8 +89,9 @@ fn plan(
     ready: &Ready,
     version: &Version,
     req: &ChatRequest,
+    msgs: &[ChatMessage],
+    safety_generation: Option<u64>,
 ) -> Result<Plan, ApiError> {
-    let msgs = messages(req)?;
     let temperature = req.temperature.unwrap_or(st.config.default_temperature);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid(
@@ -132,7 +134,7 @@ fn plan(
     let model = &ready.model;
     let text = model
         .template
-        .render(&msgs, true)
+        .render(msgs, true)
         .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
     let prompt = model
         .tokenizer
@@ -181,8 +183,12 @@ fn plan(
         .map_err(|e| ApiError::invalid(None, e.to_string()))?;
     let stream = req.stream.unwrap_or(false);
     let deterministic = temperature == 0.0 || req.seed.is_some();
-    let cache_key = (!stream && deterministic && st.config.response_cache_bytes > 0)
-        .then(|| format!("{}\n{:?}\n{:?}\n{}", version.id, prompt, params, n));
+    let cache_key = (!stream && deterministic && st.config.response_cache_bytes > 0).then(|| {
+        format!(
+            "{}\n{:?}\n{:?}\n{}\n{:?}",
+            version.id, prompt, params, n, safety_generation
+        )
+    });
     Ok(Plan {
         prompt,
         params,
@@ -263,12 +269,38 @@ pub async fn chat_completions(
             ),
             )
         })?;
-    let plan = plan(&st, ready, &version, &req)?;
+    let mut msgs = messages(&req)?;
+    let guard = Guard::new(&st);
+    let generation = guard.as_ref().map(Guard::generation);
+    let mut plan = plan(&st, ready, &version, &req, &msgs, generation)?;
     let id = new_id();
     let source = match &req.user {
         Some(u) => format!("{}/{}", caller.source(), u),
         None => caller.source().to_string(),
     };
+
+    // Reflexes on the prompt, before the model sees it.
+    let mut input_report = None;
+    if let Some(g) = &guard {
+        let check = g.check_input(&mut msgs);
+        if check.redacted {
+            plan = self::plan(&st, ready, &version, &req, &msgs, generation)?;
+        }
+        input_report = check.report;
+        if let Some(reply) = check.withhold {
+            st.metrics.prompts_withheld.inc();
+            record(&st, &id, &version.id, &source, plan.n, 0)?;
+            if let (Some(e), Some(r)) = (&check.escalation, input_report.as_mut()) {
+                r.review_id = guard::enqueue(&st, &id, e);
+            }
+            finish_record(&st, &id, 0, &vec!["content_filter".to_string(); plan.n]);
+            let resp = filtered(&id, &version.id, &plan, reply, input_report);
+            return Ok(with_version(resp, &version.id));
+        }
+        if let (Some(e), Some(r)) = (&check.escalation, input_report.as_mut()) {
+            r.review_id = guard::enqueue(&st, &id, e);
+        }
+    }
 
     if let Some(key) = &plan.cache_key {
         if let Some(hit) = st.cache.get(key) {
@@ -276,6 +308,7 @@ pub async fn chat_completions(
             let mut body: ChatCompletion = (*hit.response).clone();
             body.id = id.clone();
             body.created = now_unix();
+            body.safety = input_report;
             record(&st, &id, &version.id, &source, plan.n, plan.prompt.len())?;
             let reasons: Vec<String> = body
                 .choices
@@ -313,12 +346,22 @@ pub async fn chat_completions(
             id,
             version.id.clone(),
             plan,
+            guard,
             rx,
         );
         let sse = Sse::new(stream).keep_alive(KeepAlive::default());
         return Ok(with_version(sse.into_response(), &version.id));
     }
-    let body = collect(&st, &ready.model.tokenizer, id, &version.id, &plan, rx).await?;
+    let mut body = collect(
+        &st,
+        &ready.model.tokenizer,
+        id,
+        &version.id,
+        &plan,
+        guard.as_ref(),
+        rx,
+    )
+    .await?;
     if let Some(key) = plan.cache_key {
         st.cache.insert(
             key,
@@ -328,7 +371,80 @@ pub async fn chat_completions(
             },
         );
     }
+    body.safety = input_report;
     Ok(with_version(axum::Json(body).into_response(), &version.id))
+}
+
+/// The answer to a request whose prompt the policy withheld from the model.
+fn filtered(
+    id: &str,
+    version: &str,
+    plan: &Plan,
+    reply: String,
+    report: Option<SafetyReport>,
+) -> Response {
+    let created = now_unix();
+    let usage = Usage {
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        total_tokens: 0,
+    };
+    if !plan.stream {
+        let choices = (0..plan.n)
+            .map(|index| Choice {
+                index,
+                message: AssistantMessage {
+                    role: "assistant",
+                    content: reply.clone(),
+                },
+                logprobs: None,
+                finish_reason: "content_filter".into(),
+                safety: None,
+            })
+            .collect();
+        let body = ChatCompletion {
+            id: id.to_string(),
+            object: "chat.completion",
+            created,
+            model: version.to_string(),
+            choices,
+            usage,
+            safety: report,
+        };
+        return axum::Json(body).into_response();
+    }
+    let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| {
+        let c = ChatChunk {
+            id: id.to_string(),
+            object: "chat.completion.chunk",
+            created,
+            model: version.to_string(),
+            choices,
+            usage,
+        };
+        Ok::<_, Infallible>(SseEvent::default().data(serde_json::to_string(&c).unwrap_or_default()))
+    };
+    let mut events = Vec::new();
+    for index in 0..plan.n {
+        events.push(chunk(
+            vec![ChunkChoice {
+                index,
+                delta: Delta {
+                    role: Some("assistant"),
+                    content: Some(reply.clone()),
+                },
+                logprobs: None,
+                finish_reason: Some("content_filter".into()),
+                safety: report.clone(),
+            }],
+            None,
+        ));
+    }
+    if plan.include_usage {
+        events.push(chunk(Vec::new(), Some(usage)));
+    }
+    events.push(Ok(SseEvent::default().data("[DONE]")));
+    Sse::new(futures_util::stream::iter(events)).into_response()
 }
 
 fn record(
@@ -370,6 +486,7 @@ async fn collect(
     id: String,
     version: &str,
     plan: &Plan,
+    guard: Option<&Guard>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
 ) -> Result<ChatCompletion, ApiError> {
     let mut texts = vec![String::new(); plan.n];
@@ -403,17 +520,34 @@ async fn collect(
             None => return Err(ApiError::internal("the engine dropped a request")),
         }
     }
-    let reasons: Vec<String> = reasons
+    let mut reasons: Vec<String> = reasons
         .into_iter()
         .map(|r| finish_str(r.unwrap_or(FinishReason::Stop)))
         .collect();
+    // Reflexes on the answers.
+    let mut reports: Vec<Option<SafetyReport>> = vec![None; plan.n];
+    if let Some(g) = guard {
+        for i in 0..plan.n {
+            let check = g.check_output(&texts[i]);
+            texts[i] = check.content;
+            if check.filtered {
+                reasons[i] = "content_filter".into();
+                lps[i].clear();
+            }
+            reports[i] = check.report;
+            if let (Some(e), Some(r)) = (&check.escalation, reports[i].as_mut()) {
+                r.review_id = guard::enqueue(st, &id, e);
+            }
+        }
+    }
     finish_record(st, &id, completion_tokens, &reasons);
     let choices = texts
         .into_iter()
         .zip(lps)
-        .zip(&reasons)
+        .zip(reasons)
+        .zip(reports)
         .enumerate()
-        .map(|(index, ((content, lp), reason))| Choice {
+        .map(|(index, (((content, lp), reason), safety))| Choice {
             index,
             message: AssistantMessage {
                 role: "assistant",
@@ -423,7 +557,8 @@ async fn collect(
                 .params
                 .logprobs
                 .then_some(ChoiceLogprobs { content: lp }),
-            finish_reason: reason.clone(),
+            finish_reason: reason,
+            safety,
         })
         .collect();
     Ok(ChatCompletion {
@@ -437,6 +572,7 @@ async fn collect(
             completion_tokens,
             total_tokens: plan.prompt.len() + completion_tokens,
         },
+        safety: None,
     })
 }
 
@@ -452,7 +588,11 @@ struct StreamState {
     include_usage: bool,
     prompt_tokens: usize,
     completion_tokens: usize,
+    /// Tokens seen per choice (for choices cut before the engine finishes them).
+    tokens: Vec<usize>,
     reasons: Vec<Option<String>>,
+    guard: Option<Guard>,
+    checks: Vec<StreamCheck>,
     rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
     out: VecDeque<SseEvent>,
     done: bool,
@@ -471,7 +611,122 @@ impl StreamState {
         SseEvent::default().data(serde_json::to_string(&c).unwrap_or_default())
     }
 
+    fn content(&mut self, choice: usize, text: String, lps: Vec<TokenLogprobWire>) {
+        let lp = (self.logprobs && !lps.is_empty()).then_some(ChoiceLogprobs { content: lps });
+        if text.is_empty() && lp.is_none() {
+            return;
+        }
+        let e = self.chunk(
+            vec![ChunkChoice {
+                index: choice,
+                delta: Delta {
+                    role: None,
+                    content: Some(text),
+                },
+                logprobs: lp,
+                finish_reason: None,
+                safety: None,
+            }],
+            None,
+        );
+        self.out.push_back(e);
+    }
+
+    fn end_choice(
+        &mut self,
+        choice: usize,
+        reason: String,
+        tail: Option<String>,
+        report: Option<SafetyReport>,
+    ) {
+        self.reasons[choice] = Some(reason.clone());
+        let e = self.chunk(
+            vec![ChunkChoice {
+                index: choice,
+                delta: Delta {
+                    role: None,
+                    content: tail.filter(|t| !t.is_empty()),
+                },
+                logprobs: None,
+                finish_reason: Some(reason),
+                safety: report,
+            }],
+            None,
+        );
+        self.out.push_back(e);
+        if self.reasons.iter().all(Option::is_some) {
+            self.finish();
+        }
+    }
+
+    /// Runs the safety check of `choice` and delivers or cuts. True if cut.
+    fn check(&mut self, choice: usize) -> bool {
+        let Some(g) = self.guard.clone() else {
+            return false;
+        };
+        let (step, escalation) = self.checks[choice].check(&g);
+        if let Some(e) = escalation {
+            let review_id = guard::enqueue(&self.st, &self.id, &e);
+            if let Some(r) = self.checks[choice].report.as_mut() {
+                r.review_id = review_id;
+            }
+        }
+        match step {
+            Step::Emit(text, lps) => {
+                self.content(choice, text, lps);
+                false
+            }
+            Step::Cut { tail } => {
+                let report = self.checks[choice].report.clone();
+                self.end_choice(choice, "content_filter".into(), tail, report);
+                true
+            }
+        }
+    }
+
+    fn on_token(&mut self, choice: usize, text: String, lp: Option<TokenLogprobWire>) {
+        self.tokens[choice] += 1;
+        let Some(g) = &self.guard else {
+            self.content(choice, text, lp.into_iter().collect());
+            return;
+        };
+        if self.checks[choice].cut {
+            return;
+        }
+        let chunk_chars = g.stream().chunk_chars;
+        self.checks[choice].push(&text, lp);
+        if self.checks[choice].due(chunk_chars) {
+            self.check(choice);
+        }
+    }
+
+    fn on_finished(&mut self, choice: usize, reason: FinishReason, tokens: usize, text: String) {
+        if self.guard.is_none() {
+            self.completion_tokens += tokens;
+            self.reasons[choice] = Some(finish_str(reason));
+            self.end_choice(choice, finish_str(reason), Some(text), None);
+            return;
+        }
+        if self.checks[choice].cut {
+            self.completion_tokens += tokens.saturating_sub(self.tokens[choice]);
+            return;
+        }
+        self.completion_tokens += tokens;
+        self.tokens[choice] = tokens;
+        self.checks[choice].push(&text, None);
+        if !self.check(choice) {
+            let report = self.checks[choice].report.clone();
+            self.end_choice(choice, finish_str(reason), None, report);
+        }
+    }
+
     fn finish(&mut self) {
+        // Choices cut early: count the tokens they produced.
+        for (i, c) in self.checks.iter().enumerate() {
+            if c.cut {
+                self.completion_tokens += self.tokens[i];
+            }
+        }
         let reasons: Vec<String> = self
             .reasons
             .iter()
@@ -498,6 +753,7 @@ fn stream_events(
     id: String,
     version: String,
     plan: Plan,
+    guard: Option<Guard>,
     rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
 ) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
     let mut state = StreamState {
@@ -511,7 +767,10 @@ fn stream_events(
         include_usage: plan.include_usage,
         prompt_tokens: plan.prompt.len(),
         completion_tokens: 0,
+        tokens: vec![0; plan.n],
         reasons: vec![None; plan.n],
+        guard,
+        checks: (0..plan.n).map(|_| StreamCheck::default()).collect(),
         rx,
         out: VecDeque::new(),
         done: false,
@@ -526,6 +785,7 @@ fn stream_events(
                 },
                 logprobs: None,
                 finish_reason: None,
+                safety: None,
             }],
             None,
         );
@@ -546,51 +806,17 @@ fn stream_events(
                     logprob,
                     ..
                 }) => {
-                    let lp = logprob.filter(|_| s.logprobs).map(|lp| ChoiceLogprobs {
-                        content: vec![wire_logprob(&s.tok, &lp)],
-                    });
-                    if text.is_empty() && lp.is_none() {
-                        continue;
-                    }
-                    let e = s.chunk(
-                        vec![ChunkChoice {
-                            index: choice,
-                            delta: Delta {
-                                role: None,
-                                content: Some(text),
-                            },
-                            logprobs: lp,
-                            finish_reason: None,
-                        }],
-                        None,
-                    );
-                    s.out.push_back(e);
+                    let lp = logprob
+                        .filter(|_| s.logprobs)
+                        .map(|lp| wire_logprob(&s.tok, &lp));
+                    s.on_token(choice, text, lp);
                 }
                 Some(Event::Finished {
                     choice,
                     reason,
                     completion_tokens,
                     text,
-                }) => {
-                    s.completion_tokens += completion_tokens;
-                    s.reasons[choice] = Some(finish_str(reason));
-                    let e = s.chunk(
-                        vec![ChunkChoice {
-                            index: choice,
-                            delta: Delta {
-                                role: None,
-                                content: (!text.is_empty()).then_some(text),
-                            },
-                            logprobs: None,
-                            finish_reason: Some(finish_str(reason)),
-                        }],
-                        None,
-                    );
-                    s.out.push_back(e);
-                    if s.reasons.iter().all(Option::is_some) {
-                        s.finish();
-                    }
-                }
+                }) => s.on_finished(choice, reason, completion_tokens, text),
                 Some(Event::Failed(m)) => {
                     let body = serde_json::json!({"error": {"message": m, "type": "server_error", "param": null, "code": null}});
                     s.out.push_back(SseEvent::default().data(body.to_string()));

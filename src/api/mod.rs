@@ -5,10 +5,13 @@ mod admin;
 mod auth;
 mod chat;
 mod error;
+mod guard;
 mod health;
 mod json;
 mod limit;
 mod models;
+mod moderations;
+mod review;
 pub mod state;
 pub mod wire;
 
@@ -41,6 +44,14 @@ pub mod routes {
     pub const METRICS: &str = "/metrics";
     /// Operator: create a user key.
     pub const ADMIN_KEYS: &str = "/admin/keys";
+    /// Moderation with the safety cascade.
+    pub const MODERATIONS: &str = "/v1/moderations";
+    /// Operator: the human review queue.
+    pub const ADMIN_REVIEW: &str = "/admin/review";
+    /// Operator: decide one review item.
+    pub const ADMIN_REVIEW_ITEM: &str = "/admin/review/{id}";
+    /// Operator: reload the safety folder now.
+    pub const ADMIN_SAFETY_RELOAD: &str = "/admin/safety/reload";
 }
 
 /// The application router over `state`.
@@ -55,6 +66,10 @@ pub fn router(state: SharedState) -> Router {
         .route(routes::READY, get(health::ready))
         .route(routes::METRICS, get(health::metrics))
         .route(routes::ADMIN_KEYS, post(admin::create_key))
+        .route(routes::MODERATIONS, post(moderations::moderations))
+        .route(routes::ADMIN_REVIEW, get(review::list))
+        .route(routes::ADMIN_REVIEW_ITEM, post(review::decide))
+        .route(routes::ADMIN_SAFETY_RELOAD, post(review::reload))
         .fallback(|| async { ApiError::not_found(None, "no such endpoint").into_response() })
         .method_not_allowed_fallback(|| async {
             let mut e = ApiError::invalid(None, "this endpoint does not accept that HTTP method");

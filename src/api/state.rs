@@ -9,6 +9,7 @@ use crate::engine::Engine;
 use crate::model::LoadedModel;
 use crate::monitoring::Metrics;
 use crate::registry::Registry;
+use crate::safety::Safety;
 use crate::storage::Store;
 
 /// What exists once the model has loaded.
@@ -53,6 +54,8 @@ pub struct AppState {
     pub buckets: Mutex<HashMap<String, Bucket>>,
     /// Responses to deterministic requests, keyed by version and request.
     pub cache: moka::sync::Cache<String, Cached>,
+    /// Safety checks on prompts and answers (`None` when turned off).
+    pub safety: Option<Arc<Safety>>,
 }
 
 /// Cloneable handle to the state.
@@ -60,7 +63,12 @@ pub type SharedState = Arc<AppState>;
 
 impl AppState {
     /// State with nothing loaded yet.
-    pub fn new(config: ServerConfig, metrics: Arc<Metrics>, store: Arc<Store>) -> Self {
+    pub fn new(
+        config: ServerConfig,
+        metrics: Arc<Metrics>,
+        store: Arc<Store>,
+        safety: Option<Arc<Safety>>,
+    ) -> Self {
         let cache = moka::sync::Cache::builder()
             .max_capacity(config.response_cache_bytes)
             .weigher(|k: &String, v: &Cached| {
@@ -75,6 +83,7 @@ impl AppState {
             ready: OnceLock::new(),
             buckets: Mutex::new(HashMap::new()),
             cache,
+            safety,
         }
     }
 }

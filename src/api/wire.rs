@@ -150,6 +150,9 @@ pub struct Choice {
     pub logprobs: Option<ChoiceLogprobs>,
     /// `stop`, `length` or `content_filter`.
     pub finish_reason: String,
+    /// What the safety layer did to this answer, if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety: Option<SafetyReport>,
 }
 
 /// `chat.completion`.
@@ -167,6 +170,9 @@ pub struct ChatCompletion {
     pub choices: Vec<Choice>,
     /// Token counts.
     pub usage: Usage,
+    /// What the safety layer did to the prompt, if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety: Option<SafetyReport>,
 }
 
 /// A streamed delta.
@@ -191,6 +197,9 @@ pub struct ChunkChoice {
     pub logprobs: Option<ChoiceLogprobs>,
     /// Set on the choice's last chunk.
     pub finish_reason: Option<String>,
+    /// What the safety layer did (on the chunk where it acted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety: Option<SafetyReport>,
 }
 
 /// `chat.completion.chunk`.
@@ -253,4 +262,59 @@ pub struct DetokenizeRequest {
 pub struct CreateKeyRequest {
     /// Feedback source the key speaks for.
     pub source: String,
+}
+
+/// What the safety layer did to a prompt or an answer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SafetyReport {
+    /// `input` (the prompt) or `output` (the answer).
+    pub direction: &'static str,
+    /// `block`, `rewrite` or `escalate`.
+    pub action: &'static str,
+    /// The categories that triggered it.
+    pub categories: Vec<String>,
+    /// The review-queue item, when escalated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review_id: Option<i64>,
+}
+
+/// One moderation input item: a string or a text part.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ModerationItem {
+    /// Plain text.
+    Text(String),
+    /// `{"type": "text", "text": ...}`.
+    Part(ContentPart),
+}
+
+/// `input` of a moderation request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ModerationInput {
+    /// One text.
+    One(String),
+    /// Several texts or parts.
+    Many(Vec<ModerationItem>),
+}
+
+/// `POST /v1/moderations`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModerationRequest {
+    /// What to classify.
+    pub input: ModerationInput,
+    /// Ignored (there is one safety model); accepted for compatibility.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// `POST /admin/review/{id}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewDecisionRequest {
+    /// `approve` (the content was acceptable) or `reject` (it was not).
+    pub decision: String,
+    /// Free-text note for the record.
+    #[serde(default)]
+    pub note: Option<String>,
 }

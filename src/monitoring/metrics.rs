@@ -1,8 +1,8 @@
 //! Every metric Tether exports, registered once in its own registry.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Handles to every metric; cheap to clone through an `Arc`.
@@ -34,6 +34,16 @@ pub struct Metrics {
     pub model_load_seconds: prometheus::Gauge,
     /// Response-cache lookups by result (`hit`, `miss`).
     pub response_cache: IntCounterVec,
+    /// Safety verdicts by category, action and direction (`none`/`allow` when clean).
+    pub safety_verdicts: IntCounterVec,
+    /// Time the safety cascade takes per check.
+    pub safety_latency: HistogramVec,
+    /// Safety-folder reloads by result (`ok`, `error`).
+    pub safety_reloads: IntCounterVec,
+    /// Items waiting for human review.
+    pub review_queue_length: IntGauge,
+    /// Requests answered without the model because the prompt was blocked or held.
+    pub prompts_withheld: IntCounter,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -124,6 +134,38 @@ impl Metrics {
                     "Response-cache lookups by result."
                 ),
                 &["result"]
+            )?),
+            safety_verdicts: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tether_safety_verdicts_total",
+                    "Safety verdicts by category, action and direction."
+                ),
+                &["category", "action", "direction"]
+            )?),
+            safety_latency: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "tether_safety_check_seconds",
+                    "Time the safety cascade takes per check."
+                )
+                .buckets(vec![
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05
+                ]),
+                &["direction"]
+            )?),
+            safety_reloads: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tether_safety_reloads_total",
+                    "Safety-folder reloads by result."
+                ),
+                &["result"]
+            )?),
+            review_queue_length: reg!(IntGauge::new(
+                "tether_review_queue_length",
+                "Escalated items waiting for human review."
+            )?),
+            prompts_withheld: reg!(IntCounter::new(
+                "tether_safety_prompts_withheld_total",
+                "Requests answered without running the model because of the input policy."
             )?),
             registry,
         })

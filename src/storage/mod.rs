@@ -57,6 +57,20 @@ CREATE TABLE IF NOT EXISTS completions (
     completion_tokens INTEGER,
     finish_reasons TEXT
 );
+CREATE TABLE IF NOT EXISTS reviews (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created INTEGER NOT NULL,
+    completion_id TEXT,
+    direction TEXT NOT NULL,
+    categories TEXT NOT NULL,
+    scores TEXT NOT NULL,
+    text TEXT NOT NULL,
+    held INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    decision TEXT,
+    note TEXT,
+    decided INTEGER
+);
 CREATE TABLE IF NOT EXISTS api_keys (
     key_hash TEXT PRIMARY KEY,
     source TEXT NOT NULL,
@@ -83,6 +97,51 @@ pub struct VersionRow {
     pub content_hash: String,
     /// Adapter file, for versions other than a base.
     pub adapter_path: Option<String>,
+}
+
+/// An item in the human review queue.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ReviewRow {
+    /// Queue id.
+    pub id: i64,
+    /// Unix seconds.
+    pub created: i64,
+    /// The completion it belongs to.
+    pub completion_id: Option<String>,
+    /// `input` or `output`.
+    pub direction: String,
+    /// Categories that escalated it.
+    pub categories: Vec<String>,
+    /// Score per category (JSON object).
+    pub scores: serde_json::Value,
+    /// The text, with personal data redacted before it was stored.
+    pub text: String,
+    /// Whether the answer was withheld pending this review.
+    pub held: bool,
+    /// `pending` or `decided`.
+    pub status: String,
+    /// The reviewer's decision (`approve` or `reject`).
+    pub decision: Option<String>,
+    /// The reviewer's note.
+    pub note: Option<String>,
+    /// When it was decided.
+    pub decided: Option<i64>,
+}
+
+/// A new review item.
+pub struct NewReview<'a> {
+    /// The completion it belongs to.
+    pub completion_id: Option<&'a str>,
+    /// `input` or `output`.
+    pub direction: &'a str,
+    /// Categories that escalated it.
+    pub categories: &'a [String],
+    /// Scores (JSON).
+    pub scores: &'a serde_json::Value,
+    /// The text (redacted by the caller).
+    pub text: &'a str,
+    /// Whether the answer was withheld.
+    pub held: bool,
 }
 
 /// The database.
@@ -218,5 +277,91 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?)
+    }
+
+    /// Queues an item for review; returns its id.
+    pub fn insert_review(&self, r: &NewReview<'_>) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO reviews (created, completion_id, direction, categories, scores, text, held, status) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
+            params![
+                now_unix(),
+                r.completion_id,
+                r.direction,
+                r.categories.join(","),
+                r.scores.to_string(),
+                r.text,
+                r.held
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn review_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReviewRow> {
+        let cats: String = r.get(4)?;
+        let scores: String = r.get(5)?;
+        Ok(ReviewRow {
+            id: r.get(0)?,
+            created: r.get(1)?,
+            completion_id: r.get(2)?,
+            direction: r.get(3)?,
+            categories: cats
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect(),
+            scores: serde_json::from_str(&scores).unwrap_or(serde_json::Value::Null),
+            text: r.get(6)?,
+            held: r.get(7)?,
+            status: r.get(8)?,
+            decision: r.get(9)?,
+            note: r.get(10)?,
+            decided: r.get(11)?,
+        })
+    }
+
+    const REVIEW_COLUMNS: &'static str =
+        "id, created, completion_id, direction, categories, scores, \
+         text, held, status, decision, note, decided";
+
+    /// Review items with `status` (`pending`, `decided`, or all with `None`), oldest first.
+    pub fn reviews(&self, status: Option<&str>, limit: usize) -> Result<Vec<ReviewRow>> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {} FROM reviews WHERE (?1 IS NULL OR status = ?1) ORDER BY id LIMIT ?2",
+            Self::REVIEW_COLUMNS
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![status, limit as i64], Self::review_from)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// One review item.
+    pub fn review(&self, id: i64) -> Result<Option<ReviewRow>> {
+        let sql = format!("SELECT {} FROM reviews WHERE id = ?1", Self::REVIEW_COLUMNS);
+        Ok(self
+            .conn()
+            .query_row(&sql, [id], Self::review_from)
+            .optional()?)
+    }
+
+    /// Records a decision on a pending item; false if it was not pending.
+    pub fn decide_review(&self, id: i64, decision: &str, note: Option<&str>) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE reviews SET status = 'decided', decision = ?2, note = ?3, decided = ?4 \
+             WHERE id = ?1 AND status = 'pending'",
+            params![id, decision, note, now_unix()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// How many items wait for review.
+    pub fn pending_reviews(&self) -> Result<i64> {
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM reviews WHERE status = 'pending'",
+            [],
+            |r| r.get(0),
+        )?)
     }
 }

@@ -11,6 +11,7 @@ mod generation;
 mod loading;
 mod lora;
 mod openai;
+mod safety;
 mod server;
 mod smollm;
 mod tiny_forward;

@@ -1,0 +1,311 @@
+//! The safety layer as chat sees it: checking a request's messages before the
+//! model runs, checking answers (whole, or incrementally while they stream), and
+//! queueing escalations for human review.
+
+use std::sync::Arc;
+
+use super::state::SharedState;
+use super::wire::{SafetyReport, TokenLogprobWire};
+use crate::model::ChatMessage;
+use crate::safety::{pii, policy, ActionKind, Cascade, Category, Decision, Direction, Safety};
+use crate::storage::NewReview;
+
+/// The safety layer and the policy state one request uses from start to end.
+#[derive(Clone)]
+pub struct Guard {
+    safety: Arc<Safety>,
+    cascade: Arc<Cascade>,
+}
+
+/// What checking the prompt decided.
+pub struct InputCheck {
+    /// The answer to give instead of running the model.
+    pub withhold: Option<String>,
+    /// Whether some message was redacted (the prompt must be rebuilt).
+    pub redacted: bool,
+    /// What to report to the client.
+    pub report: Option<SafetyReport>,
+    /// An escalation to queue once the completion id exists.
+    pub escalation: Option<Escalation>,
+}
+
+/// An item to put in the review queue.
+pub struct Escalation {
+    direction: Direction,
+    categories: Vec<Category>,
+    scores: serde_json::Value,
+    text: String,
+    held: bool,
+}
+
+fn report(d: Direction, decision: &Decision) -> Option<SafetyReport> {
+    (decision.action != ActionKind::Allow).then(|| SafetyReport {
+        direction: d.name(),
+        action: decision.action.name(),
+        categories: decision
+            .categories
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect(),
+        review_id: None,
+    })
+}
+
+fn scores_json(categories: &[Category], scores: &[f32]) -> serde_json::Value {
+    categories
+        .iter()
+        .map(|c| (c.name().to_string(), serde_json::json!(scores[c.index()])))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+impl Guard {
+    /// The guard for one request, if safety is on.
+    pub fn new(st: &SharedState) -> Option<Self> {
+        st.safety.as_ref().map(|s| Self {
+            cascade: s.current(),
+            safety: s.clone(),
+        })
+    }
+
+    /// The policy's generation (part of response-cache keys).
+    pub fn generation(&self) -> u64 {
+        self.cascade.generation
+    }
+
+    /// Streaming settings.
+    pub fn stream(&self) -> policy::StreamSettings {
+        self.cascade.policy.stream
+    }
+
+    /// Checks every message; redacts in place where the policy says so.
+    pub fn check_input(&self, msgs: &mut [ChatMessage]) -> InputCheck {
+        let mut strongest = Decision::allow();
+        let mut escalated_text = Vec::new();
+        let mut scores = [0f32; crate::safety::N_CATEGORIES];
+        let mut redacted = false;
+        for m in msgs.iter_mut() {
+            let v = self
+                .safety
+                .check_with(&self.cascade, &m.content, Direction::Input, true);
+            let d = v.decision;
+            for (s, x) in scores.iter_mut().zip(v.assessment.scores) {
+                *s = s.max(x);
+            }
+            if d.escalate {
+                escalated_text.push(m.content.clone());
+            }
+            if !d.redact.is_empty() && !d.withhold {
+                m.content = policy::redact(&m.content, &d.redact);
+                redacted = true;
+            }
+            let stronger = (d.withhold, d.action) > (strongest.withhold, strongest.action);
+            for c in &d.categories {
+                if !strongest.categories.contains(c) {
+                    strongest.categories.push(*c);
+                }
+            }
+            strongest.escalate |= d.escalate;
+            if stronger {
+                strongest.action = d.action;
+                strongest.withhold = d.withhold;
+                strongest.replacement = d.replacement;
+            }
+        }
+        strongest.categories.sort();
+        InputCheck {
+            withhold: strongest.replacement.clone().filter(|_| strongest.withhold),
+            redacted,
+            report: report(Direction::Input, &strongest),
+            escalation: strongest.escalate.then(|| Escalation {
+                direction: Direction::Input,
+                scores: scores_json(&strongest.categories, &scores),
+                categories: strongest.categories.clone(),
+                text: escalated_text.join("\n\n"),
+                held: strongest.withhold,
+            }),
+        }
+    }
+
+    /// Checks a whole answer: the text to deliver, and what happened.
+    pub fn check_output(&self, text: &str) -> OutputCheck {
+        let v = self
+            .safety
+            .check_with(&self.cascade, text, Direction::Output, true);
+        let d = v.decision;
+        let content = if d.withhold {
+            d.replacement.clone().unwrap_or_default()
+        } else if !d.redact.is_empty() {
+            policy::redact(text, &d.redact)
+        } else {
+            text.to_string()
+        };
+        OutputCheck {
+            content,
+            filtered: d.withhold,
+            report: report(Direction::Output, &d),
+            escalation: d.escalate.then(|| Escalation {
+                direction: Direction::Output,
+                scores: scores_json(&d.categories, &v.assessment.scores),
+                categories: d.categories.clone(),
+                text: text.to_string(),
+                held: d.withhold,
+            }),
+        }
+    }
+}
+
+/// The result of checking a whole answer.
+pub struct OutputCheck {
+    /// What to deliver.
+    pub content: String,
+    /// Whether the model's answer was withheld (finish reason `content_filter`).
+    pub filtered: bool,
+    /// What to report on the choice.
+    pub report: Option<SafetyReport>,
+    /// An escalation to queue.
+    pub escalation: Option<Escalation>,
+}
+
+/// Queues `e` for review (personal data redacted before it is stored); returns the id.
+pub fn enqueue(st: &SharedState, completion_id: &str, e: &Escalation) -> Option<i64> {
+    let text = pii::redact(&e.text, &pii::find(&e.text, &pii::PiiKind::ALL));
+    let categories: Vec<String> = e.categories.iter().map(|c| c.name().to_string()).collect();
+    let r = st.store.insert_review(&NewReview {
+        completion_id: Some(completion_id),
+        direction: e.direction.name(),
+        categories: &categories,
+        scores: &e.scores,
+        text: &text,
+        held: e.held,
+    });
+    match r {
+        Ok(id) => {
+            if let Ok(n) = st.store.pending_reviews() {
+                st.metrics.review_queue_length.set(n);
+            }
+            Some(id)
+        }
+        Err(e) => {
+            tracing::error!("queueing an item for review: {e}");
+            None
+        }
+    }
+}
+
+/// What a streaming choice should do after a check.
+pub enum Step {
+    /// Deliver this text (possibly redacted) and these logprobs.
+    Emit(String, Vec<TokenLogprobWire>),
+    /// Stop the choice: deliver `tail` (a replacement answer), finish with
+    /// `content_filter`, and report.
+    Cut {
+        /// Text to deliver last.
+        tail: Option<String>,
+    },
+}
+
+/// Incremental checking of one streamed choice: text is delivered only once it
+/// has been checked, in chunks, each check looking back over a window of text
+/// already delivered so a phrase split across chunks is still seen.
+#[derive(Default)]
+pub struct StreamCheck {
+    delivered: String,
+    pending: String,
+    pending_lp: Vec<TokenLogprobWire>,
+    /// Set once the choice was cut.
+    pub cut: bool,
+    escalated: bool,
+    /// The last non-allow report, to attach to the final chunk.
+    pub report: Option<SafetyReport>,
+}
+
+impl StreamCheck {
+    /// Adds generated text (and its logprob).
+    pub fn push(&mut self, text: &str, lp: Option<TokenLogprobWire>) {
+        self.pending.push_str(text);
+        self.pending_lp.extend(lp);
+    }
+
+    /// Whether enough text waits for a check. The first text is checked as soon as
+    /// it exists, so the safety layer does not delay the time to first token; after
+    /// that, every `chunk_chars`.
+    pub fn due(&self, chunk_chars: usize) -> bool {
+        if self.delivered.is_empty() {
+            return !self.pending.trim().is_empty();
+        }
+        self.pending.chars().count() >= chunk_chars
+    }
+
+    /// Checks what is pending. Returns the step and an escalation to queue (once).
+    pub fn check(&mut self, g: &Guard) -> (Step, Option<Escalation>) {
+        if self.pending.is_empty() {
+            return (
+                Step::Emit(String::new(), std::mem::take(&mut self.pending_lp)),
+                None,
+            );
+        }
+        let window_chars = g.stream().window_chars;
+        let pending_chars = self.pending.chars().count();
+        let back = window_chars.saturating_sub(pending_chars);
+        let start = self
+            .delivered
+            .char_indices()
+            .rev()
+            .nth(back.saturating_sub(1))
+            .map_or(0, |(i, _)| i);
+        let start = if back == 0 {
+            self.delivered.len()
+        } else {
+            start
+        };
+        let mut window = self.delivered[start..].to_string();
+        let offset = window.len();
+        window.push_str(&self.pending);
+        let v = g
+            .safety
+            .check_with(&g.cascade, &window, Direction::Output, false);
+        let d = v.decision;
+        let mut escalation = None;
+        if d.escalate && !self.escalated {
+            self.escalated = true;
+            escalation = Some(Escalation {
+                direction: Direction::Output,
+                scores: scores_json(&d.categories, &v.assessment.scores),
+                categories: d.categories.clone(),
+                text: format!("{}{}", self.delivered, self.pending),
+                held: d.withhold,
+            });
+        }
+        if let Some(r) = report(Direction::Output, &d) {
+            self.report = Some(r);
+        }
+        if d.withhold {
+            self.cut = true;
+            self.pending.clear();
+            self.pending_lp.clear();
+            let tail = (d.action == ActionKind::Rewrite)
+                .then(|| d.replacement.map(|r| format!("\n\n{r}")))
+                .flatten();
+            return (Step::Cut { tail }, escalation);
+        }
+        let spans: Vec<_> = d
+            .redact
+            .iter()
+            .filter(|(r, _)| r.end > offset)
+            .map(|(r, p)| (r.start.max(offset) - offset..r.end - offset, *p))
+            .collect();
+        let text = if spans.is_empty() {
+            std::mem::take(&mut self.pending)
+        } else {
+            let t = policy::redact(&self.pending, &spans);
+            self.pending.clear();
+            t
+        };
+        self.delivered.push_str(&text);
+        (
+            Step::Emit(text, std::mem::take(&mut self.pending_lp)),
+            escalation,
+        )
+    }
+}

@@ -1,0 +1,361 @@
+//! Reflexes: classifiers on every prompt and answer that block, rewrite or escalate,
+//! without touching the model. Policy, rules and classifier weights live in the
+//! `safety/` folder and are reloaded while the server runs.
+//!
+//! The cascade, per text and direction:
+//! 1. [`normalize`] undoes obfuscation (case, leetspeak, homoglyphs, invisible
+//!    characters, inserted spaces or punctuation);
+//! 2. [`rules`] (lexicons, patterns, personal-data detectors) give a floor score per
+//!    category and the spans they matched;
+//! 3. the [`classifier`] gives a calibrated probability per category;
+//! 4. the [`policy`] turns the per-category maximum into a [`Decision`].
+//!
+//! [`Safety`] is the shared, hot-reloadable handle: a new folder is validated in
+//! full before it replaces the one in use, so a broken edit never takes effect.
+
+pub mod category;
+pub mod classifier;
+pub mod normalize;
+pub mod offline;
+pub mod pii;
+pub mod policy;
+pub mod rules;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+pub use category::{Category, Direction, N_CATEGORIES};
+pub use classifier::Classifier;
+pub use policy::{ActionKind, Decision, Policy};
+pub use rules::{Hit, Rules};
+
+use crate::monitoring::Metrics;
+
+/// The policy compiled into the binary, used when the safety folder is missing.
+pub const BUILTIN_POLICY: &str = include_str!("../../safety/policy.toml");
+/// The rules compiled into the binary, used when the safety folder is missing.
+pub const BUILTIN_RULES: &str = include_str!("../../safety/rules.toml");
+
+/// File names inside the safety folder.
+pub const POLICY_FILE: &str = "policy.toml";
+/// Lexicons and patterns.
+pub const RULES_FILE: &str = "rules.toml";
+/// Trained classifier weights (`tether safety train`).
+pub const CLASSIFIER_FILE: &str = "classifier.safetensors";
+
+/// Errors loading the safety folder.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A file is invalid.
+    #[error("invalid {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Scores and rule hits for one text (independent of the policy's thresholds).
+#[derive(Debug, Clone)]
+pub struct Assessment {
+    /// Per category, the larger of the rules' and the classifier's score.
+    pub scores: [f32; N_CATEGORIES],
+    /// Spans the rules matched, in the original text.
+    pub hits: Vec<Hit>,
+}
+
+/// Everything loaded from one state of the safety folder.
+pub struct Cascade {
+    /// The policy.
+    pub policy: Policy,
+    rules: Rules,
+    classifier: Option<Classifier>,
+    /// Identifies this state (changes on every successful reload).
+    pub generation: u64,
+}
+
+impl Cascade {
+    /// Builds a cascade from file contents.
+    pub fn from_parts(
+        policy: &str,
+        rules: &str,
+        classifier: Option<Classifier>,
+        generation: u64,
+    ) -> Result<Self, (String, String)> {
+        Ok(Self {
+            policy: Policy::parse(policy).map_err(|m| (POLICY_FILE.to_string(), m))?,
+            rules: Rules::parse(rules).map_err(|m| (RULES_FILE.to_string(), m))?,
+            classifier,
+            generation,
+        })
+    }
+
+    /// Loads and validates the folder.
+    pub fn load(dir: &Path, generation: u64) -> Result<Self, Error> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| Error::Read { path, source })
+        };
+        let policy = read(POLICY_FILE)?;
+        let rules = read(RULES_FILE)?;
+        let cpath = dir.join(CLASSIFIER_FILE);
+        let classifier = if cpath.exists() {
+            Some(Classifier::load(&cpath).map_err(|e| Error::Invalid {
+                path: cpath.clone(),
+                message: e.to_string(),
+            })?)
+        } else {
+            tracing::warn!(
+                "{} is missing: only rules will run (build it with `tether safety train`)",
+                cpath.display()
+            );
+            None
+        };
+        Self::from_parts(&policy, &rules, classifier, generation).map_err(|(file, message)| {
+            Error::Invalid {
+                path: dir.join(file),
+                message,
+            }
+        })
+    }
+
+    /// The built-in policy and rules, without a classifier.
+    pub fn builtin() -> Result<Self, Error> {
+        Self::from_parts(BUILTIN_POLICY, BUILTIN_RULES, None, 0).map_err(|(file, message)| {
+            Error::Invalid {
+                path: PathBuf::from(format!("<built-in {file}>")),
+                message,
+            }
+        })
+    }
+
+    /// Whether a trained classifier is loaded.
+    pub fn has_classifier(&self) -> bool {
+        self.classifier.is_some()
+    }
+
+    /// Scores one text.
+    pub fn assess(&self, text: &str, direction: Direction) -> Assessment {
+        let norm = normalize::normalize(text);
+        let (mut scores, hits) = self.rules.apply(text, &norm, direction);
+        if let Some(c) = &self.classifier {
+            let p = c.score_normalized(&norm.text);
+            for i in 0..N_CATEGORIES {
+                scores[i] = scores[i].max(p[i]);
+            }
+        }
+        Assessment { scores, hits }
+    }
+}
+
+/// The result of checking one text.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// Scores and hits.
+    pub assessment: Arc<Assessment>,
+    /// What the policy says to do.
+    pub decision: Decision,
+}
+
+/// Fingerprint of the folder's files, to notice edits.
+type Stamp = Vec<Option<(SystemTime, u64)>>;
+
+/// The shared, hot-reloadable safety layer.
+pub struct Safety {
+    dir: Option<PathBuf>,
+    current: RwLock<Arc<Cascade>>,
+    stamp: Mutex<Stamp>,
+    cache: moka::sync::Cache<String, Arc<Assessment>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+fn stamp(dir: &Path) -> Stamp {
+    [POLICY_FILE, RULES_FILE, CLASSIFIER_FILE]
+        .iter()
+        .map(|f| {
+            let m = std::fs::metadata(dir.join(f)).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
+        .collect()
+}
+
+fn generation_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+}
+
+/// Texts longer than this are not cached.
+const CACHE_TEXT_LIMIT: usize = 16 * 1024;
+
+impl Safety {
+    /// Loads `dir`; when it does not exist, the built-in policy and rules are used.
+    pub fn open(
+        dir: &Path,
+        cache_entries: u64,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self, Error> {
+        let (cascade, dir) = if dir.exists() {
+            (
+                Cascade::load(dir, generation_now())?,
+                Some(dir.to_path_buf()),
+            )
+        } else {
+            tracing::warn!(
+                "safety folder {} not found: using the built-in policy and rules, no classifier",
+                dir.display()
+            );
+            (Cascade::builtin()?, None)
+        };
+        Ok(Self {
+            stamp: Mutex::new(dir.as_deref().map(stamp).unwrap_or_default()),
+            dir,
+            current: RwLock::new(Arc::new(cascade)),
+            cache: moka::sync::Cache::new(cache_entries),
+            metrics,
+        })
+    }
+
+    /// The cascade in use now.
+    pub fn current(&self) -> Arc<Cascade> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The folder it reloads from (none when running on built-ins).
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Re-reads the folder. On error the cascade in use stays, the error is logged
+    /// and counted, and returned.
+    pub fn reload(&self) -> Result<u64, Error> {
+        let Some(dir) = &self.dir else {
+            return Ok(self.current().generation);
+        };
+        let new_stamp = stamp(dir);
+        let result = Cascade::load(dir, generation_now());
+        *self.stamp.lock().unwrap_or_else(|e| e.into_inner()) = new_stamp;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        if let Some(m) = &self.metrics {
+            m.safety_reloads.with_label_values(&[outcome]).inc();
+        }
+        match result {
+            Ok(c) => {
+                let g = c.generation;
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(c);
+                self.cache.invalidate_all();
+                tracing::info!("safety policy reloaded from {}", dir.display());
+                Ok(g)
+            }
+            Err(e) => {
+                tracing::error!("safety reload rejected, keeping the previous policy: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// Reloads if any file in the folder changed since the last (attempted) load.
+    pub fn reload_if_changed(&self) {
+        let Some(dir) = &self.dir else { return };
+        let now = stamp(dir);
+        let changed = *self.stamp.lock().unwrap_or_else(|e| e.into_inner()) != now;
+        if changed {
+            let _ = self.reload();
+        }
+    }
+
+    /// Polls the folder every `every` on a background thread for as long as the
+    /// handle lives.
+    pub fn watch(self: &Arc<Self>, every: Duration) {
+        if self.dir.is_none() || every.is_zero() {
+            return;
+        }
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("tether-safety-watch".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                match weak.upgrade() {
+                    Some(s) => s.reload_if_changed(),
+                    None => return,
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the safety folder watcher: {e}");
+        }
+    }
+
+    fn assessment(
+        &self,
+        cascade: &Cascade,
+        text: &str,
+        d: Direction,
+        cache: bool,
+    ) -> Arc<Assessment> {
+        let cacheable = cache && text.len() <= CACHE_TEXT_LIMIT;
+        let key = cacheable.then(|| format!("{}:{}:{text}", cascade.generation, d.name()));
+        if let Some(k) = &key {
+            if let Some(a) = self.cache.get(k) {
+                return a;
+            }
+        }
+        let a = Arc::new(cascade.assess(text, d));
+        if let Some(k) = key {
+            self.cache.insert(k, a.clone());
+        }
+        a
+    }
+
+    fn observe(&self, d: Direction, started: Instant, decision: &Decision, cascade: &Cascade) {
+        let Some(m) = &self.metrics else { return };
+        m.safety_latency
+            .with_label_values(&[d.name()])
+            .observe(started.elapsed().as_secs_f64());
+        if decision.categories.is_empty() {
+            m.safety_verdicts
+                .with_label_values(&["none", "allow", d.name()])
+                .inc();
+        }
+        for c in &decision.categories {
+            let action = cascade
+                .policy
+                .rule(*c, d)
+                .map_or(ActionKind::Allow, |r| r.action);
+            m.safety_verdicts
+                .with_label_values(&[c.name(), action.name(), d.name()])
+                .inc();
+        }
+    }
+
+    /// Checks one text (verdicts of short texts are cached per policy state).
+    pub fn check(&self, text: &str, d: Direction) -> Verdict {
+        self.check_with(&self.current(), text, d, true)
+    }
+
+    /// Checks with a given cascade (so one request uses one policy throughout).
+    pub fn check_with(&self, cascade: &Cascade, text: &str, d: Direction, cache: bool) -> Verdict {
+        let started = Instant::now();
+        let assessment = self.assessment(cascade, text, d, cache);
+        let decision = cascade
+            .policy
+            .decide(d, &assessment.scores, &assessment.hits);
+        self.observe(d, started, &decision, cascade);
+        Verdict {
+            assessment,
+            decision,
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Offline work on the safety folder: training the classifier from labelled
+//! JSONL, classifying JSONL, and measuring precision, recall and ROC-AUC.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::category::{Category, Direction, N_CATEGORIES};
+use super::classifier::{self, read_examples, roc_auc, Classifier, Example, TrainOptions};
+use super::Cascade;
+
+/// Every `*.jsonl` file in `dir`, sorted, read as labelled examples.
+pub fn read_dir_examples(dir: &Path) -> Result<(Vec<Example>, Vec<PathBuf>), classifier::Error> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| classifier::Error::Data(format!("cannot read {}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(classifier::Error::Data(format!(
+            "{} has no .jsonl files",
+            dir.display()
+        )));
+    }
+    let mut all = Vec::new();
+    for f in &files {
+        all.extend(read_examples(f)?);
+    }
+    Ok((all, files))
+}
+
+/// Trains on every JSONL file in `data` and writes the weights to `out`.
+pub fn train(data: &Path, out: &Path, o: &TrainOptions) -> Result<usize, classifier::Error> {
+    let (examples, _) = read_dir_examples(data)?;
+    let model = Classifier::train(&examples, o)?;
+    model.save(out)?;
+    Ok(examples.len())
+}
+
+/// The score at which a category counts as flagged in moderation results and
+/// evaluations: the threshold of the rule for `d` when it acts, else that of the
+/// other direction's rule when it acts, else 0.5.
+pub fn flag_threshold(cascade: &Cascade, c: Category, d: Direction) -> f32 {
+    let other = match d {
+        Direction::Input => Direction::Output,
+        Direction::Output => Direction::Input,
+    };
+    let acting = |d| {
+        cascade
+            .policy
+            .rule(c, d)
+            .filter(|r| r.action != super::ActionKind::Allow)
+            .map(|r| r.threshold)
+    };
+    acting(d).or_else(|| acting(other)).unwrap_or(0.5)
+}
+
+/// One moderation result, shaped like OpenAI's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Moderation {
+    /// Whether any category is flagged.
+    pub flagged: bool,
+    /// Per category, flagged or not.
+    pub categories: serde_json::Map<String, serde_json::Value>,
+    /// Per category, the calibrated score.
+    pub category_scores: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Moderation result for one text.
+pub fn moderate(cascade: &Cascade, scores: &[f32; N_CATEGORIES], d: Direction) -> Moderation {
+    let mut categories = serde_json::Map::new();
+    let mut category_scores = serde_json::Map::new();
+    let mut flagged = false;
+    for c in Category::ALL {
+        let s = scores[c.index()];
+        let f = s >= flag_threshold(cascade, c, d);
+        flagged |= f;
+        categories.insert(c.name().into(), f.into());
+        category_scores.insert(
+            c.name().into(),
+            serde_json::Number::from_f64(f64::from(s)).map_or(serde_json::Value::Null, Into::into),
+        );
+    }
+    Moderation {
+        flagged,
+        categories,
+        category_scores,
+    }
+}
+
+/// Reads `{"text": ...}` lines and writes one moderation result per line. A bad
+/// line gets `{"error": ...}` and the rest continue. Returns the lines read.
+pub fn classify(
+    cascade: &Cascade,
+    d: Direction,
+    input: impl BufRead,
+    mut output: impl Write,
+) -> std::io::Result<usize> {
+    let mut n = 0;
+    for (i, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        n += 1;
+        let text = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v.get("text").and_then(|t| t.as_str()).map(str::to_string));
+        let out = match text {
+            Some(t) => {
+                let a = cascade.assess(&t, d);
+                let decision = cascade.policy.decide(d, &a.scores, &a.hits);
+                let mut v = serde_json::to_value(moderate(cascade, &a.scores, d))
+                    .unwrap_or(serde_json::Value::Null);
+                v["action"] = decision.action.name().into();
+                v
+            }
+            None => serde_json::json!({
+                "error": format!("line {}: expected a JSON object with a string field `text`", i + 1)
+            }),
+        };
+        writeln!(output, "{out}")?;
+    }
+    Ok(n)
+}
+
+/// Precision, recall and ROC-AUC of one category.
+#[derive(Debug, Clone, Serialize)]
+pub struct CategoryReport {
+    /// The category.
+    pub category: String,
+    /// Positive examples.
+    pub positives: usize,
+    /// Of those flagged, the fraction that were positive.
+    pub precision: f64,
+    /// Of the positives, the fraction flagged.
+    pub recall: f64,
+    /// ROC-AUC of the score (None without both classes).
+    pub roc_auc: Option<f64>,
+}
+
+/// An evaluation over a labelled set.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Examples.
+    pub examples: usize,
+    /// Per category.
+    pub categories: Vec<CategoryReport>,
+    /// Mean ROC-AUC over categories that have one.
+    pub macro_roc_auc: f64,
+    /// Fraction of benign (unlabelled) examples flagged in any category.
+    pub benign_false_positive_rate: Option<f64>,
+}
+
+/// Scores `examples` with `cascade` (input direction) and measures it.
+pub fn evaluate(cascade: &Cascade, examples: &[Example]) -> Report {
+    let d = Direction::Input;
+    let scores: Vec<[f32; N_CATEGORIES]> = examples
+        .iter()
+        .map(|e| cascade.assess(&e.text, d).scores)
+        .collect();
+    let mut cats = Vec::new();
+    let mut aucs = Vec::new();
+    for c in Category::ALL {
+        let t = flag_threshold(cascade, c, d);
+        let labels: Vec<bool> = examples.iter().map(|e| e.has(c)).collect();
+        let s: Vec<f32> = scores.iter().map(|s| s[c.index()]).collect();
+        let flagged: Vec<bool> = s.iter().map(|&x| x >= t).collect();
+        let tp = flagged
+            .iter()
+            .zip(&labels)
+            .filter(|(f, l)| **f && **l)
+            .count();
+        let fp = flagged
+            .iter()
+            .zip(&labels)
+            .filter(|(f, l)| **f && !**l)
+            .count();
+        let pos = labels.iter().filter(|l| **l).count();
+        let auc = roc_auc(&s, &labels);
+        if let Some(a) = auc {
+            aucs.push(a);
+        }
+        cats.push(CategoryReport {
+            category: c.name().into(),
+            positives: pos,
+            precision: if tp + fp == 0 {
+                0.0
+            } else {
+                tp as f64 / (tp + fp) as f64
+            },
+            recall: if pos == 0 {
+                0.0
+            } else {
+                tp as f64 / pos as f64
+            },
+            roc_auc: auc,
+        });
+    }
+    let benign: Vec<usize> = (0..examples.len())
+        .filter(|&i| examples[i].labels.is_empty())
+        .collect();
+    let fpr = (!benign.is_empty()).then(|| {
+        let flagged = benign
+            .iter()
+            .filter(|&&i| {
+                Category::ALL
+                    .iter()
+                    .any(|&c| scores[i][c.index()] >= flag_threshold(cascade, c, d))
+            })
+            .count();
+        flagged as f64 / benign.len() as f64
+    });
+    Report {
+        examples: examples.len(),
+        categories: cats,
+        macro_roc_auc: if aucs.is_empty() {
+            0.0
+        } else {
+            aucs.iter().sum::<f64>() / aucs.len() as f64
+        },
+        benign_false_positive_rate: fpr,
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "| category | positives | precision | recall | ROC-AUC |")?;
+        writeln!(f, "|---|---|---|---|---|")?;
+        for c in &self.categories {
+            writeln!(
+                f,
+                "| {} | {} | {:.3} | {:.3} | {} |",
+                c.category,
+                c.positives,
+                c.precision,
+                c.recall,
+                c.roc_auc.map_or("-".into(), |a| format!("{a:.3}"))
+            )?;
+        }
+        writeln!(
+            f,
+            "\nmacro ROC-AUC: {:.3} over {} examples",
+            self.macro_roc_auc, self.examples
+        )?;
+        if let Some(r) = self.benign_false_positive_rate {
+            writeln!(f, "benign flagged (false-positive rate): {:.1}%", r * 100.0)?;
+        }
+        Ok(())
+    }
+}
