@@ -40,6 +40,46 @@ pub enum Command {
     /// Train, run and evaluate the safety classifiers offline.
     #[command(subcommand)]
     Safety(SafetyCommand),
+    /// Find or remove personal data in JSONL ({"text": ...} per line) from stdin.
+    #[command(subcommand)]
+    Privacy(PrivacyCommand),
+    /// Work with the logged data.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+/// `tether privacy …`.
+#[derive(Debug, Subcommand)]
+pub enum PrivacyCommand {
+    /// One {"spans": [{"type","start","end","score"}]} per line (character offsets).
+    Scan,
+    /// Precision and recall per entity type on a labelled JSONL file
+    /// ({"text", "spans": [{"type","start","end"}]}, character offsets).
+    Eval {
+        /// The labelled file.
+        file: PathBuf,
+    },
+    /// One {"text": anonymized} per line.
+    Redact {
+        /// replace (<PERSON_1>), redact, mask or hash (default: privacy.operator).
+        #[arg(long)]
+        operator: Option<String>,
+    },
+}
+
+/// `tether data …`.
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Write logged conversations as JSONL for fine-tuning: anonymized, exact and
+    /// near duplicates removed, anything the safety classifiers flag excluded.
+    Export {
+        /// Output file (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Data directory (default: server.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 /// `tether safety …`.
@@ -207,6 +247,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Chat(args) => chat(&config, args),
         Command::Safety(cmd) => safety(&config, cmd),
+        Command::Privacy(cmd) => privacy(&config, cmd),
+        Command::Data(DataCommand::Export { out, data_dir }) => {
+            if let Some(d) = data_dir {
+                config.server.data_dir = d.display().to_string();
+            }
+            export(&config, out)
+        }
         Command::Model(ModelCommand::Fetch { force }) => {
             let home = fetch::tether_home();
             let cached = fetch::default_model_path(&home);
@@ -286,6 +333,79 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+fn privacy(config: &Config, cmd: PrivacyCommand) -> anyhow::Result<()> {
+    use crate::privacy::{offline, Anonymizer, Operator};
+    let anonymizer = Anonymizer::new(config.privacy.salt.clone());
+    let stdin = std::io::stdin().lock();
+    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    match cmd {
+        PrivacyCommand::Scan => {
+            offline::scan(&anonymizer, stdin, stdout)?;
+        }
+        PrivacyCommand::Eval { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let examples = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .enumerate()
+                .map(|(i, l)| {
+                    serde_json::from_str::<offline::Labelled>(l)
+                        .with_context(|| format!("{}:{}", file.display(), i + 1))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let scores = offline::evaluate(&anonymizer, &examples);
+            println!("| entity | gold | predicted | precision | recall | exact-span recall |");
+            println!("|---|---|---|---|---|---|");
+            for s in scores {
+                println!(
+                    "| {} | {} | {} | {:.3} | {:.3} | {:.3} |",
+                    s.entity, s.gold, s.predicted, s.precision, s.recall, s.exact_recall
+                );
+            }
+        }
+        PrivacyCommand::Redact { operator } => {
+            let op = match operator {
+                Some(o) => serde_json::from_value::<Operator>(serde_json::Value::String(o.clone()))
+                    .map_err(|_| {
+                        anyhow::anyhow!("unknown operator {o:?}: use replace, redact, mask or hash")
+                    })?,
+                None => config.privacy.operator.clone(),
+            };
+            offline::redact(&anonymizer, &op, stdin, stdout)?;
+        }
+    }
+    Ok(())
+}
+
+fn export(config: &Config, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let dir = crate::server::data_dir(config);
+    let store = crate::storage::Store::open(&dir)?;
+    let dir_s = PathBuf::from(&config.safety.dir);
+    let cascade = if !config.safety.enabled {
+        None
+    } else if dir_s.exists() {
+        Some(crate::safety::Cascade::load(&dir_s, 0)?)
+    } else {
+        Some(crate::safety::Cascade::builtin()?)
+    };
+    let report = match &out {
+        Some(p) => {
+            let f =
+                std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
+            crate::privacy::offline::export(&store, cascade.as_ref(), std::io::BufWriter::new(f))
+        }
+        None => crate::privacy::offline::export(
+            &store,
+            cascade.as_ref(),
+            std::io::BufWriter::new(std::io::stdout().lock()),
+        ),
+    }
+    .map_err(|e| anyhow::anyhow!("exporting from {}: {e}", dir.display()))?;
+    eprintln!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 fn safety(config: &Config, cmd: SafetyCommand) -> anyhow::Result<()> {

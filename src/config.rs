@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineConfig;
 use crate::model::{ComputePath, LoraConfig};
+use crate::privacy::consent::Consent;
+use crate::privacy::Operator;
 
 /// The compiled-in defaults.
 pub const DEFAULT_TOML: &str = include_str!("../configs/default.toml");
@@ -65,6 +67,9 @@ pub struct KeyConfig {
     pub key: String,
     /// The feedback source it speaks for.
     pub source: String,
+    /// Logging consent for this key's requests (default: `privacy.consent`).
+    #[serde(default)]
+    pub consent: Option<Consent>,
 }
 
 /// The HTTP server.
@@ -118,6 +123,25 @@ pub struct SafetyConfig {
     pub cache_entries: u64,
 }
 
+/// Conversation logging and anonymization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// Default consent for keys that do not set their own (and anonymous callers).
+    pub consent: Consent,
+    /// Share of consenting conversations that are logged (0..=1).
+    pub sample_rate: f64,
+    /// Logged conversations are deleted after this many seconds.
+    pub retention_secs: u64,
+    /// How often the retention job runs.
+    pub retention_sweep_secs: u64,
+    /// How logged text is anonymized.
+    pub operator: Operator,
+    /// Salt for user-id hashes and the hash operator (`TETHER_PRIVACY_SALT`; empty:
+    /// a random salt kept in the data directory).
+    pub salt: String,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,6 +158,8 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Safety classifiers and policy.
     pub safety: SafetyConfig,
+    /// Conversation logging and anonymization.
+    pub privacy: PrivacyConfig,
 }
 
 impl Config {
@@ -191,6 +217,9 @@ impl Config {
         }
         if let Ok(v) = std::env::var("TETHER_SAFETY") {
             self.safety.enabled = !matches!(v.as_str(), "0" | "false" | "no" | "off");
+        }
+        if let Ok(v) = std::env::var("TETHER_PRIVACY_SALT") {
+            self.privacy.salt = v;
         }
         if let Ok(v) = std::env::var("TETHER_ALLOW_ANONYMOUS") {
             self.server.allow_anonymous = matches!(v.as_str(), "1" | "true" | "yes" | "on");

@@ -9,6 +9,7 @@
 //! - [`api`]: the OpenAI-compatible HTTP API (the only module that knows HTTP).
 //! - [`server`]: `serve(listener, config, shutdown)`: state, model loading, shutdown.
 //! - [`registry`]: immutable, content-hashed model versions; the base is version 1.
+//! - [`privacy`]: the anonymizer (before every write), consent, conversation logs.
 //! - [`safety`]: classifiers, rules and policy on every prompt and answer (hot-reloaded).
 //! - [`storage`]: the SQLite database (versions, completion records, API keys).
 //! - [`monitoring`]: Prometheus metrics.
@@ -24,6 +25,7 @@ pub mod engine;
 pub mod learner;
 pub mod model;
 pub mod monitoring;
+pub mod privacy;
 pub mod registry;
 pub mod safety;
 pub mod server;

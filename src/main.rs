@@ -11,12 +11,16 @@ fn main() -> ExitCode {
         .with_env_filter(
             EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| EnvFilter::new("tether=info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(tether::privacy::logging::Scrubbing::new(std::io::stderr))
         .init();
     match tether::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tether: {e:#}");
+            // Errors can quote input; they pass the anonymizer like every log line.
+            eprintln!(
+                "tether: {}",
+                tether::privacy::global().scrub(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     }

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::model::{fetch, LoadOptions, LoadedModel, ModelSpec};
 use crate::monitoring::Metrics;
+use crate::privacy::conversations::Privacy;
 use crate::registry::Registry;
 use crate::safety::Safety;
 use crate::storage::Store;
@@ -38,6 +39,9 @@ pub enum Error {
     /// The safety folder is invalid.
     #[error("safety: {0}")]
     Safety(#[from] crate::safety::Error),
+    /// Privacy could not be set up.
+    #[error(transparent)]
+    Privacy(#[from] crate::privacy::conversations::Error),
     /// The loading task died.
     #[error("model loading task failed: {0}")]
     Join(String),
@@ -169,7 +173,9 @@ pub async fn serve(
     if let Ok(n) = store.pending_reviews() {
         metrics.review_queue_length.set(n);
     }
-    let state = Arc::new(AppState::new(server_cfg, metrics, store, safety));
+    let privacy = Arc::new(Privacy::new(config.privacy.clone(), &data_dir)?);
+    privacy.spawn_retention(&store, &metrics);
+    let state = Arc::new(AppState::new(server_cfg, metrics, store, safety, privacy));
     let addr = listener.local_addr()?;
     tracing::info!("listening on http://{addr}");
 

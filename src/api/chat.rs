@@ -20,6 +20,7 @@ use super::state::{Cached, Ready, SharedState};
 use super::wire::*;
 use crate::engine::{Event, Request, SubmitError};
 use crate::model::{ChatMessage, FinishReason, SamplingParams, TokenLogprob, Tokenizer};
+use crate::privacy::consent;
 use crate::registry::Version;
 use crate::storage::now_unix;
 
@@ -31,6 +32,57 @@ struct Plan {
     stream: bool,
     include_usage: bool,
     cache_key: Option<String>,
+}
+
+/// Who asked, and what the conversation log needs at the end.
+struct Meta {
+    id: String,
+    version: String,
+    /// The key's source (never the raw end-user id).
+    source: String,
+    /// Salted hash of the request's `user`, for erasure.
+    user_hash: Option<String>,
+    /// Log this conversation (consent given and sampled).
+    log: bool,
+    started: Instant,
+    /// The messages as the model saw them (after any safety redaction).
+    messages: Vec<ChatMessage>,
+    input_report: Option<SafetyReport>,
+}
+
+impl Meta {
+    /// Logs the finished conversation when consented and sampled.
+    fn log(
+        &self,
+        st: &SharedState,
+        answers: &[String],
+        outputs: &[Option<SafetyReport>],
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    ) {
+        if !self.log {
+            return;
+        }
+        let flagged = self.input_report.is_some() || outputs.iter().any(Option::is_some);
+        let safety = serde_json::json!({"input": self.input_report, "output": outputs});
+        st.privacy.log(
+            &st.store,
+            &crate::privacy::conversations::Entry {
+                completion_id: &self.id,
+                source: &self.source,
+                user_hash: self.user_hash.as_deref(),
+                version: &self.version,
+                messages: &self.messages,
+                answers,
+                safety,
+                flagged,
+                latency: self.started.elapsed(),
+                prompt_tokens,
+                completion_tokens,
+            },
+        );
+        st.metrics.conversations_logged.inc();
+    }
 }
 
 fn messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
@@ -274,10 +326,9 @@ pub async fn chat_completions(
     let generation = guard.as_ref().map(Guard::generation);
     let mut plan = plan(&st, ready, &version, &req, &msgs, generation)?;
     let id = new_id();
-    let source = match &req.user {
-        Some(u) => format!("{}/{}", caller.source(), u),
-        None => caller.source().to_string(),
-    };
+    let source = caller.source().to_string();
+    let user_hash = req.user.as_deref().map(|u| st.privacy.user_hash(u));
+    let log = consents(&st, &caller, &headers)? && st.privacy.sampled();
 
     // Reflexes on the prompt, before the model sees it.
     let mut input_report = None;
@@ -289,18 +340,47 @@ pub async fn chat_completions(
         input_report = check.report;
         if let Some(reply) = check.withhold {
             st.metrics.prompts_withheld.inc();
-            record(&st, &id, &version.id, &source, plan.n, 0)?;
+            record(
+                &st,
+                &id,
+                &version.id,
+                &source,
+                user_hash.as_deref(),
+                plan.n,
+                0,
+            )?;
             if let (Some(e), Some(r)) = (&check.escalation, input_report.as_mut()) {
-                r.review_id = guard::enqueue(&st, &id, e);
+                r.review_id = guard::enqueue(&st, &id, user_hash.as_deref(), e);
             }
             finish_record(&st, &id, 0, &vec!["content_filter".to_string(); plan.n]);
+            let meta = Meta {
+                id: id.clone(),
+                version: version.id.clone(),
+                source,
+                user_hash,
+                log,
+                started: Instant::now(),
+                messages: msgs,
+                input_report: input_report.clone(),
+            };
+            meta.log(&st, &vec![reply.clone(); plan.n], &vec![None; plan.n], 0, 0);
             let resp = filtered(&id, &version.id, &plan, reply, input_report);
             return Ok(with_version(resp, &version.id));
         }
         if let (Some(e), Some(r)) = (&check.escalation, input_report.as_mut()) {
-            r.review_id = guard::enqueue(&st, &id, e);
+            r.review_id = guard::enqueue(&st, &id, user_hash.as_deref(), e);
         }
     }
+    let meta = Meta {
+        id: id.clone(),
+        version: version.id.clone(),
+        source: source.clone(),
+        user_hash: user_hash.clone(),
+        log,
+        started: Instant::now(),
+        messages: msgs,
+        input_report: input_report.clone(),
+    };
 
     if let Some(key) = &plan.cache_key {
         if let Some(hit) = st.cache.get(key) {
@@ -309,13 +389,35 @@ pub async fn chat_completions(
             body.id = id.clone();
             body.created = now_unix();
             body.safety = input_report;
-            record(&st, &id, &version.id, &source, plan.n, plan.prompt.len())?;
+            record(
+                &st,
+                &id,
+                &version.id,
+                &source,
+                user_hash.as_deref(),
+                plan.n,
+                plan.prompt.len(),
+            )?;
             let reasons: Vec<String> = body
                 .choices
                 .iter()
                 .map(|c| c.finish_reason.clone())
                 .collect();
             finish_record(&st, &id, body.usage.completion_tokens, &reasons);
+            let answers: Vec<String> = body
+                .choices
+                .iter()
+                .map(|c| c.message.content.clone())
+                .collect();
+            let outputs: Vec<Option<SafetyReport>> =
+                body.choices.iter().map(|c| c.safety.clone()).collect();
+            meta.log(
+                &st,
+                &answers,
+                &outputs,
+                body.usage.prompt_tokens,
+                body.usage.completion_tokens,
+            );
             return Ok(with_version(axum::Json(body).into_response(), &hit.version));
         }
         st.metrics.response_cache.with_label_values(&["miss"]).inc();
@@ -337,14 +439,21 @@ pub async fn chat_completions(
             SubmitError::QueueFull(_) => ApiError::too_many(format!("{e}; retry in a moment"), 1),
             SubmitError::Stopped => ApiError::internal(e),
         })?;
-    record(&st, &id, &version.id, &source, plan.n, plan.prompt.len())?;
+    record(
+        &st,
+        &id,
+        &version.id,
+        &source,
+        user_hash.as_deref(),
+        plan.n,
+        plan.prompt.len(),
+    )?;
 
     if plan.stream {
         let stream = stream_events(
             st.clone(),
             ready.model.tokenizer.clone(),
-            id,
-            version.id.clone(),
+            meta,
             plan,
             guard,
             rx,
@@ -355,8 +464,7 @@ pub async fn chat_completions(
     let mut body = collect(
         &st,
         &ready.model.tokenizer,
-        id,
-        &version.id,
+        &meta,
         &plan,
         guard.as_ref(),
         rx,
@@ -447,16 +555,38 @@ fn filtered(
     Sse::new(futures_util::stream::iter(events)).into_response()
 }
 
+/// Whether this request's conversation may be logged: the key's default (or the
+/// server's), overridden by the `x-tether-log` header.
+fn consents(
+    st: &SharedState,
+    caller: &auth::Caller,
+    headers: &HeaderMap,
+) -> Result<bool, ApiError> {
+    let default = st
+        .config
+        .keys
+        .iter()
+        .find(|k| k.source == caller.source())
+        .and_then(|k| k.consent)
+        .unwrap_or(st.privacy.config.consent);
+    let header = headers
+        .get(consent::HEADER)
+        .map(|v| v.to_str().unwrap_or("invalid"));
+    consent::allowed(default, header)
+        .map_err(|e| ApiError::invalid(Some(consent::HEADER), e.to_string()))
+}
+
 fn record(
     st: &SharedState,
     id: &str,
     version: &str,
     source: &str,
+    user_hash: Option<&str>,
     n: usize,
     prompt_tokens: usize,
 ) -> Result<(), ApiError> {
     st.store
-        .insert_completion(id, version, source, n, prompt_tokens)
+        .insert_completion(id, version, source, user_hash, n, prompt_tokens)
         .map_err(ApiError::internal)
 }
 
@@ -483,8 +613,7 @@ fn failure(message: String) -> ApiError {
 async fn collect(
     st: &SharedState,
     tok: &Tokenizer,
-    id: String,
-    version: &str,
+    meta: &Meta,
     plan: &Plan,
     guard: Option<&Guard>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
@@ -536,11 +665,12 @@ async fn collect(
             }
             reports[i] = check.report;
             if let (Some(e), Some(r)) = (&check.escalation, reports[i].as_mut()) {
-                r.review_id = guard::enqueue(st, &id, e);
+                r.review_id = guard::enqueue(st, &meta.id, meta.user_hash.as_deref(), e);
             }
         }
     }
-    finish_record(st, &id, completion_tokens, &reasons);
+    finish_record(st, &meta.id, completion_tokens, &reasons);
+    meta.log(st, &texts, &reports, plan.prompt.len(), completion_tokens);
     let choices = texts
         .into_iter()
         .zip(lps)
@@ -562,10 +692,10 @@ async fn collect(
         })
         .collect();
     Ok(ChatCompletion {
-        id,
+        id: meta.id.clone(),
         object: "chat.completion",
         created: now_unix(),
-        model: version.to_string(),
+        model: meta.version.clone(),
         choices,
         usage: Usage {
             prompt_tokens: plan.prompt.len(),
@@ -582,6 +712,9 @@ struct StreamState {
     tok: Tokenizer,
     id: String,
     version: String,
+    meta: Meta,
+    /// Text delivered per choice (for the conversation log).
+    texts: Vec<String>,
     created: i64,
     n: usize,
     logprobs: bool,
@@ -616,6 +749,7 @@ impl StreamState {
         if text.is_empty() && lp.is_none() {
             return;
         }
+        self.texts[choice].push_str(&text);
         let e = self.chunk(
             vec![ChunkChoice {
                 index: choice,
@@ -640,6 +774,9 @@ impl StreamState {
         report: Option<SafetyReport>,
     ) {
         self.reasons[choice] = Some(reason.clone());
+        if let Some(t) = &tail {
+            self.texts[choice].push_str(t);
+        }
         let e = self.chunk(
             vec![ChunkChoice {
                 index: choice,
@@ -666,7 +803,7 @@ impl StreamState {
         };
         let (step, escalation) = self.checks[choice].check(&g);
         if let Some(e) = escalation {
-            let review_id = guard::enqueue(&self.st, &self.id, &e);
+            let review_id = guard::enqueue(&self.st, &self.id, self.meta.user_hash.as_deref(), &e);
             if let Some(r) = self.checks[choice].report.as_mut() {
                 r.review_id = review_id;
             }
@@ -733,6 +870,15 @@ impl StreamState {
             .map(|r| r.clone().unwrap_or_default())
             .collect();
         finish_record(&self.st, &self.id, self.completion_tokens, &reasons);
+        let outputs: Vec<Option<SafetyReport>> =
+            self.checks.iter().map(|c| c.report.clone()).collect();
+        self.meta.log(
+            &self.st,
+            &self.texts,
+            &outputs,
+            self.prompt_tokens,
+            self.completion_tokens,
+        );
         if self.include_usage {
             let usage = Usage {
                 prompt_tokens: self.prompt_tokens,
@@ -750,8 +896,7 @@ impl StreamState {
 fn stream_events(
     st: SharedState,
     tok: Tokenizer,
-    id: String,
-    version: String,
+    meta: Meta,
     plan: Plan,
     guard: Option<Guard>,
     rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
@@ -759,8 +904,10 @@ fn stream_events(
     let mut state = StreamState {
         st,
         tok,
-        id,
-        version,
+        id: meta.id.clone(),
+        version: meta.version.clone(),
+        texts: vec![String::new(); plan.n],
+        meta,
         created: now_unix(),
         n: plan.n,
         logprobs: plan.params.logprobs,

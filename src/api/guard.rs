@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::state::SharedState;
 use super::wire::{SafetyReport, TokenLogprobWire};
 use crate::model::ChatMessage;
-use crate::safety::{pii, policy, ActionKind, Cascade, Category, Decision, Direction, Safety};
+use crate::safety::{policy, ActionKind, Cascade, Category, Decision, Direction, Safety};
 use crate::storage::NewReview;
 
 /// The safety layer and the policy state one request uses from start to end.
@@ -167,9 +167,14 @@ pub struct OutputCheck {
     pub escalation: Option<Escalation>,
 }
 
-/// Queues `e` for review (personal data redacted before it is stored); returns the id.
-pub fn enqueue(st: &SharedState, completion_id: &str, e: &Escalation) -> Option<i64> {
-    let text = pii::redact(&e.text, &pii::find(&e.text, &pii::PiiKind::ALL));
+/// Queues `e` for review (anonymized before it is stored); returns the id.
+pub fn enqueue(
+    st: &SharedState,
+    completion_id: &str,
+    user_hash: Option<&str>,
+    e: &Escalation,
+) -> Option<i64> {
+    let text = st.privacy.anonymizer.scrub(&e.text);
     let categories: Vec<String> = e.categories.iter().map(|c| c.name().to_string()).collect();
     let r = st.store.insert_review(&NewReview {
         completion_id: Some(completion_id),
@@ -178,6 +183,7 @@ pub fn enqueue(st: &SharedState, completion_id: &str, e: &Escalation) -> Option<
         scores: &e.scores,
         text: &text,
         held: e.held,
+        user_hash,
     });
     match r {
         Ok(id) => {

@@ -13,6 +13,7 @@ mod models;
 mod moderations;
 mod review;
 pub mod state;
+mod users;
 pub mod wire;
 
 use std::time::Instant;
@@ -20,7 +21,7 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 pub use error::ApiError;
@@ -52,6 +53,10 @@ pub mod routes {
     pub const ADMIN_REVIEW_ITEM: &str = "/admin/review/{id}";
     /// Operator: reload the safety folder now.
     pub const ADMIN_SAFETY_RELOAD: &str = "/admin/safety/reload";
+    /// Erase an end user's data.
+    pub const USER_DATA: &str = "/v1/users/{user}/data";
+    /// Operator: the audit log.
+    pub const ADMIN_AUDIT: &str = "/admin/audit";
 }
 
 /// The application router over `state`.
@@ -70,6 +75,8 @@ pub fn router(state: SharedState) -> Router {
         .route(routes::ADMIN_REVIEW, get(review::list))
         .route(routes::ADMIN_REVIEW_ITEM, post(review::decide))
         .route(routes::ADMIN_SAFETY_RELOAD, post(review::reload))
+        .route(routes::USER_DATA, delete(users::erase))
+        .route(routes::ADMIN_AUDIT, get(users::audit))
         .fallback(|| async { ApiError::not_found(None, "no such endpoint").into_response() })
         .method_not_allowed_fallback(|| async {
             let mut e = ApiError::invalid(None, "this endpoint does not accept that HTTP method");

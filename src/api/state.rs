@@ -8,6 +8,7 @@ use crate::config::ServerConfig;
 use crate::engine::Engine;
 use crate::model::LoadedModel;
 use crate::monitoring::Metrics;
+use crate::privacy::conversations::Privacy;
 use crate::registry::Registry;
 use crate::safety::Safety;
 use crate::storage::Store;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub cache: moka::sync::Cache<String, Cached>,
     /// Safety checks on prompts and answers (`None` when turned off).
     pub safety: Option<Arc<Safety>>,
+    /// The anonymizer and conversation-log settings.
+    pub privacy: Arc<Privacy>,
 }
 
 /// Cloneable handle to the state.
@@ -68,6 +71,7 @@ impl AppState {
         metrics: Arc<Metrics>,
         store: Arc<Store>,
         safety: Option<Arc<Safety>>,
+        privacy: Arc<Privacy>,
     ) -> Self {
         let cache = moka::sync::Cache::builder()
             .max_capacity(config.response_cache_bytes)
@@ -84,6 +88,7 @@ impl AppState {
             buckets: Mutex::new(HashMap::new()),
             cache,
             safety,
+            privacy,
         }
     }
 }

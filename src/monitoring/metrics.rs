@@ -44,6 +44,12 @@ pub struct Metrics {
     pub review_queue_length: IntGauge,
     /// Requests answered without the model because the prompt was blocked or held.
     pub prompts_withheld: IntCounter,
+    /// Conversations written to the log.
+    pub conversations_logged: IntCounter,
+    /// Conversations deleted by the retention job.
+    pub retention_deleted: IntCounter,
+    /// End-user erasures performed.
+    pub erasures: IntCounter,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -166,6 +172,18 @@ impl Metrics {
             prompts_withheld: reg!(IntCounter::new(
                 "tether_safety_prompts_withheld_total",
                 "Requests answered without running the model because of the input policy."
+            )?),
+            conversations_logged: reg!(IntCounter::new(
+                "tether_conversations_logged_total",
+                "Conversations written to the log (consenting, sampled, anonymized)."
+            )?),
+            retention_deleted: reg!(IntCounter::new(
+                "tether_retention_deleted_total",
+                "Logged conversations deleted because their retention ran out."
+            )?),
+            erasures: reg!(IntCounter::new(
+                "tether_user_erasures_total",
+                "End-user data erasures performed."
             )?),
             registry,
         })

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS completions (
     id TEXT PRIMARY KEY,
     version TEXT NOT NULL,
     source TEXT NOT NULL,
+    user_hash TEXT,
     created INTEGER NOT NULL,
     choices INTEGER NOT NULL,
     prompt_tokens INTEGER NOT NULL,
@@ -61,6 +62,7 @@ CREATE TABLE IF NOT EXISTS reviews (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     created INTEGER NOT NULL,
     completion_id TEXT,
+    user_hash TEXT,
     direction TEXT NOT NULL,
     categories TEXT NOT NULL,
     scores TEXT NOT NULL,
@@ -70,6 +72,32 @@ CREATE TABLE IF NOT EXISTS reviews (
     decision TEXT,
     note TEXT,
     decided INTEGER
+);
+CREATE TABLE IF NOT EXISTS conversations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    completion_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    user_hash TEXT,
+    version TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    messages TEXT NOT NULL,
+    answers TEXT NOT NULL,
+    safety TEXT,
+    flagged INTEGER NOT NULL,
+    latency_ms INTEGER,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER
+);
+CREATE INDEX IF NOT EXISTS conversations_user ON conversations (user_hash);
+CREATE INDEX IF NOT EXISTS conversations_expires ON conversations (expires);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT,
+    detail TEXT
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     key_hash TEXT PRIMARY KEY,
@@ -142,6 +170,66 @@ pub struct NewReview<'a> {
     pub text: &'a str,
     /// Whether the answer was withheld.
     pub held: bool,
+    /// Salted hash of the end user, for erasure.
+    pub user_hash: Option<&'a str>,
+}
+
+/// A conversation to log (already anonymized by the caller).
+pub struct NewConversation<'a> {
+    /// The completion it belongs to.
+    pub completion_id: &'a str,
+    /// The API key's source.
+    pub source: &'a str,
+    /// Salted hash of the end user, for erasure.
+    pub user_hash: Option<&'a str>,
+    /// The version that answered.
+    pub version: &'a str,
+    /// Unix seconds after which retention deletes it.
+    pub expires: i64,
+    /// Anonymized messages (JSON).
+    pub messages: &'a str,
+    /// Anonymized answers (JSON array).
+    pub answers: &'a str,
+    /// Safety verdicts (JSON).
+    pub safety: &'a str,
+    /// Whether any safety check acted on it (kept out of training exports).
+    pub flagged: bool,
+    /// End-to-end latency.
+    pub latency_ms: i64,
+    /// Prompt tokens.
+    pub prompt_tokens: i64,
+    /// Completion tokens.
+    pub completion_tokens: i64,
+}
+
+/// A logged conversation, as exported.
+#[derive(Debug, Clone)]
+pub struct ConversationRow {
+    /// Row id.
+    pub id: i64,
+    /// The completion.
+    pub completion_id: String,
+    /// The version that answered.
+    pub version: String,
+    /// Anonymized messages (JSON).
+    pub messages: String,
+    /// Anonymized answers (JSON array).
+    pub answers: String,
+    /// Whether a safety check acted on it.
+    pub flagged: bool,
+}
+
+/// What an erasure removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Erased {
+    /// Conversation log rows.
+    pub conversations: usize,
+    /// Completion records.
+    pub completions: usize,
+    /// Review-queue items.
+    pub reviews: usize,
+    /// Feedback items.
+    pub feedback: usize,
 }
 
 /// The database.
@@ -155,6 +243,34 @@ pub fn now_unix() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// Brings databases written by earlier versions up to the current schema.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_table = |t: &str| -> rusqlite::Result<bool> {
+        conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [t],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+    };
+    let has_column = |t: &str, c: &str| -> rusqlite::Result<bool> {
+        let mut stmt = conn.prepare(&format!("PRAGMA table_info({t})"))?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+        for n in names {
+            if n? == c {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    for table in ["completions", "reviews"] {
+        if has_table(table)? && !has_column(table, "user_hash")? {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN user_hash TEXT;"))?;
+        }
+    }
+    Ok(())
 }
 
 impl Store {
@@ -174,8 +290,12 @@ impl Store {
             .map_err(open)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open)?;
+        // Deleted rows are overwritten, so erased data does not linger in free pages.
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(open)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open)?;
+        migrate(&conn).map_err(open)?;
         conn.execute_batch(SCHEMA).map_err(open)?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -224,12 +344,13 @@ impl Store {
         id: &str,
         version: &str,
         source: &str,
+        user_hash: Option<&str>,
         choices: usize,
         prompt_tokens: usize,
     ) -> Result<()> {
         self.conn().execute(
-            "INSERT INTO completions (id, version, source, created, choices, prompt_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, version, source, now_unix(), choices as i64, prompt_tokens as i64],
+            "INSERT INTO completions (id, version, source, user_hash, created, choices, prompt_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, version, source, user_hash, now_unix(), choices as i64, prompt_tokens as i64],
         )?;
         Ok(())
     }
@@ -283,8 +404,8 @@ impl Store {
     pub fn insert_review(&self, r: &NewReview<'_>) -> Result<i64> {
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO reviews (created, completion_id, direction, categories, scores, text, held, status) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
+            "INSERT INTO reviews (created, completion_id, direction, categories, scores, text, held, status, user_hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8)",
             params![
                 now_unix(),
                 r.completion_id,
@@ -292,7 +413,8 @@ impl Store {
                 r.categories.join(","),
                 r.scores.to_string(),
                 r.text,
-                r.held
+                r.held,
+                r.user_hash
             ],
         )?;
         Ok(conn.last_insert_rowid())
@@ -363,5 +485,133 @@ impl Store {
             [],
             |r| r.get(0),
         )?)
+    }
+
+    /// Logs a conversation (the caller has anonymized it).
+    pub fn insert_conversation(&self, c: &NewConversation<'_>) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO conversations (completion_id, source, user_hash, version, created, expires, messages, \
+             answers, safety, flagged, latency_ms, prompt_tokens, completion_tokens) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                c.completion_id,
+                c.source,
+                c.user_hash,
+                c.version,
+                now_unix(),
+                c.expires,
+                c.messages,
+                c.answers,
+                c.safety,
+                c.flagged,
+                c.latency_ms,
+                c.prompt_tokens,
+                c.completion_tokens
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Logged conversations, oldest first (`unflagged_only`: for training exports).
+    pub fn conversations(&self, unflagged_only: bool) -> Result<Vec<ConversationRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, completion_id, version, messages, answers, flagged FROM conversations \
+             WHERE (?1 = 0 OR flagged = 0) ORDER BY id",
+        )?;
+        let rows = stmt.query_map([unflagged_only], |r| {
+            Ok(ConversationRow {
+                id: r.get(0)?,
+                completion_id: r.get(1)?,
+                version: r.get(2)?,
+                messages: r.get(3)?,
+                answers: r.get(4)?,
+                flagged: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// How many conversations are logged.
+    pub fn conversation_count(&self) -> Result<i64> {
+        Ok(self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM conversations", [], |r| r.get(0))?)
+    }
+
+    /// Deletes conversations whose retention ran out; returns how many.
+    pub fn delete_expired(&self, now: i64) -> Result<usize> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM conversations WHERE expires <= ?1", [now])?)
+    }
+
+    /// Erases everything stored about one end user (by `user_hash`), restricted to
+    /// `source` unless `None` (operators), and records the erasure in the audit log
+    /// without the erased content. Deleted pages are zeroed (`secure_delete`) and the
+    /// write-ahead log is truncated, so the content does not linger in the files.
+    pub fn erase_user(&self, user_hash: &str, source: Option<&str>, actor: &str) -> Result<Erased> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let scoped = |table: &str| {
+            format!("DELETE FROM {table} WHERE user_hash = ?1 AND (?2 IS NULL OR source = ?2)")
+        };
+        let conversations = tx.execute(&scoped("conversations"), params![user_hash, source])?;
+        // Review items belong to the user's completions.
+        let reviews = tx.execute(
+            "DELETE FROM reviews WHERE user_hash = ?1 AND (?2 IS NULL OR completion_id IN \
+             (SELECT id FROM completions WHERE source = ?2))",
+            params![user_hash, source],
+        )?;
+        let feedback = if tx.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'feedback'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? > 0
+        {
+            tx.execute(&scoped("feedback"), params![user_hash, source])?
+        } else {
+            0
+        };
+        let completions = tx.execute(&scoped("completions"), params![user_hash, source])?;
+        let erased = Erased {
+            conversations,
+            completions,
+            reviews,
+            feedback,
+        };
+        tx.execute(
+            "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?1, ?2, 'erase_user', ?3, ?4)",
+            params![
+                now_unix(),
+                actor,
+                user_hash,
+                serde_json::to_string(&erased).unwrap_or_default()
+            ],
+        )?;
+        tx.commit()?;
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        Ok(erased)
+    }
+
+    /// Audit entries, newest first.
+    pub fn audit(&self, limit: usize) -> Result<Vec<serde_json::Value>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, at, actor, action, subject, detail FROM audit ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            Ok(serde_json::json!({
+                "id": r.get::<_, i64>(0)?,
+                "at": r.get::<_, i64>(1)?,
+                "actor": r.get::<_, String>(2)?,
+                "action": r.get::<_, String>(3)?,
+                "subject": r.get::<_, Option<String>>(4)?,
+                "detail": r.get::<_, Option<String>>(5)?
+                    .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok()),
+            }))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 }

@@ -11,6 +11,7 @@ mod generation;
 mod loading;
 mod lora;
 mod openai;
+mod privacy;
 mod safety;
 mod server;
 mod smollm;

@@ -27,6 +27,7 @@ impl TestServer {
         config.server.keys = vec![tether::config::KeyConfig {
             key: "sk-test-user".into(),
             source: "test-user".into(),
+            consent: None,
         }];
         tweak(&mut config);
         let server = tether::server::Background::start(config, Duration::from_secs(120))
