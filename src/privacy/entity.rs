@@ -72,6 +72,25 @@ impl Entity {
         }
     }
 
+    /// `<EMAIL_ADDRESS>`: the untyped-number placeholder used for redaction.
+    pub fn placeholder(self) -> &'static str {
+        match self {
+            Self::EmailAddress => "<EMAIL_ADDRESS>",
+            Self::PhoneNumber => "<PHONE_NUMBER>",
+            Self::CreditCard => "<CREDIT_CARD>",
+            Self::IbanCode => "<IBAN_CODE>",
+            Self::IpAddress => "<IP_ADDRESS>",
+            Self::UsSsn => "<US_SSN>",
+            Self::Url => "<URL>",
+            Self::MacAddress => "<MAC_ADDRESS>",
+            Self::Crypto => "<CRYPTO>",
+            Self::DateTime => "<DATE_TIME>",
+            Self::Person => "<PERSON>",
+            Self::Location => "<LOCATION>",
+            Self::Secret => "<SECRET>",
+        }
+    }
+
     /// Parses a Presidio name.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|e| e.name() == name)

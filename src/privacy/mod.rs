@@ -192,7 +192,7 @@ impl Anonymizer {
             let n = names.number(s.entity, value);
             match op {
                 Operator::Replace => out.push_str(&format!("<{}_{n}>", s.entity.name())),
-                Operator::Redact => out.push_str(&format!("<{}>", s.entity.name())),
+                Operator::Redact => out.push_str(s.entity.placeholder()),
                 Operator::Mask => {
                     out.extend(
                         value

@@ -17,7 +17,6 @@ pub mod category;
 pub mod classifier;
 pub mod normalize;
 pub mod offline;
-pub mod pii;
 pub mod policy;
 pub mod rules;
 

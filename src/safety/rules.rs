@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::category::{Category, Direction, N_CATEGORIES};
 use super::normalize::Normalized;
-use super::pii::{self, PiiKind};
+use crate::privacy::Entity;
 
 /// One rule as written in `rules.toml`.
 #[derive(Debug, Deserialize)]
@@ -56,7 +56,8 @@ struct PiiSpec {
     directions: Vec<Direction>,
     #[serde(default = "default_score")]
     score: f32,
-    kinds: Vec<PiiKind>,
+    /// Presidio entity names the privacy anonymizer recognises.
+    entities: Vec<String>,
 }
 
 struct Rule {
@@ -71,7 +72,7 @@ struct PiiRule {
     category: Category,
     directions: Vec<Direction>,
     score: f32,
-    kinds: Vec<PiiKind>,
+    entities: Vec<Entity>,
 }
 
 /// A span a rule matched, in the original text.
@@ -140,11 +141,23 @@ impl Rules {
         for p in file.pii {
             let owner = format!("pii rule for {:?}", p.category);
             score_ok(p.score, &owner)?;
+            let entities = p
+                .entities
+                .iter()
+                .map(|e| {
+                    Entity::parse(e).ok_or_else(|| {
+                        format!(
+                            "{owner}: unknown entity {e:?}; known: {}",
+                            Entity::ALL.map(|e| e.name()).join(", ")
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             pii.push(PiiRule {
                 category: category(&p.category, &owner)?,
                 directions: p.directions,
                 score: p.score,
-                kinds: p.kinds,
+                entities,
             });
         }
         Ok(Self { rules, pii })
@@ -177,20 +190,26 @@ impl Rules {
                 }
             }
         }
-        for p in self
+        let active: Vec<&PiiRule> = self
             .pii
             .iter()
             .filter(|p| p.directions.contains(&direction))
-        {
-            for m in pii::find(original, &p.kinds) {
-                let c = p.category.index();
-                scores[c] = scores[c].max(p.score);
-                hits.push(Hit {
-                    category: p.category,
-                    span: m.span,
-                    placeholder: m.kind.placeholder(),
-                    rule: format!("pii:{:?}", m.kind).to_lowercase(),
-                });
+            .collect();
+        if !active.is_empty() {
+            // The privacy anonymizer's recognizers, so both layers agree on what
+            // personal data is.
+            let found = crate::privacy::global().analyze(original);
+            for p in active {
+                for m in found.iter().filter(|m| p.entities.contains(&m.entity)) {
+                    let c = p.category.index();
+                    scores[c] = scores[c].max(p.score);
+                    hits.push(Hit {
+                        category: p.category,
+                        span: m.start..m.end,
+                        placeholder: m.entity.placeholder(),
+                        rule: format!("pii:{}", m.entity.name()),
+                    });
+                }
             }
         }
         (scores, hits)

@@ -102,7 +102,10 @@ fn personal_data_in_answers_is_redacted_not_refused() {
     assert_eq!(d.action, ActionKind::Rewrite);
     assert!(!d.withhold);
     let r = tether::safety::policy::redact(text, &d.redact);
-    assert_eq!(r, "You can reach the author at [EMAIL] or [PHONE].");
+    assert_eq!(
+        r,
+        "You can reach the author at <EMAIL_ADDRESS> or <PHONE_NUMBER>."
+    );
     // In a prompt, the user's own data is left alone.
     let a = c.assess(text, Direction::Input);
     let d = c.policy.decide(Direction::Input, &a.scores, &a.hits);
