@@ -142,6 +142,32 @@ pub struct PrivacyConfig {
     pub salt: String,
 }
 
+/// Feedback intake.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackConfig {
+    /// Longest correction or reason, in characters (longer: 413).
+    pub max_text_chars: usize,
+    /// Items per source per minute (more: 429; 0: unlimited).
+    pub per_minute: u32,
+    /// Corrections within this window are compared for campaigns.
+    pub campaign_window_secs: u64,
+    /// Distinct sources that make a group of near-identical corrections.
+    pub campaign_min_sources: usize,
+    /// SimHash bits two corrections may differ by and still be near-identical.
+    pub campaign_max_bits: u32,
+    /// A source is young for this long after its first item.
+    pub young_secs: u64,
+    /// Most of an update window's weight one source may hold.
+    pub share_cap: f64,
+    /// Judgements lose half their weight in reliability estimates after this many days.
+    pub forgetting_days: f64,
+    /// Recent completions kept in memory for feedback (entries, seconds).
+    pub context_entries: u64,
+    /// How long a completion's prompt and answers stay available to feedback.
+    pub context_secs: u64,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -160,6 +186,8 @@ pub struct Config {
     pub safety: SafetyConfig,
     /// Conversation logging and anonymization.
     pub privacy: PrivacyConfig,
+    /// Feedback intake.
+    pub feedback: FeedbackConfig,
 }
 
 impl Config {

@@ -13,15 +13,19 @@
 //! - [`safety`]: classifiers, rules and policy on every prompt and answer (hot-reloaded).
 //! - [`storage`]: the SQLite database (versions, completion records, API keys).
 //! - [`monitoring`]: Prometheus metrics.
+//! - [`feedback`]: corrections, ratings, preferences; source reliability; campaigns.
 //! - [`learner`]: trains LoRA adapters; the only code that changes what the model says.
 //! - [`config`]: layered configuration (`configs/default.toml`, file, env, flags).
 //! - [`cli`]: the `tether` command line.
+//! - [`jsonl`]: JSON Lines in and out for the offline commands.
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod feedback;
+pub mod jsonl;
 pub mod learner;
 pub mod model;
 pub mod monitoring;

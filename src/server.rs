@@ -175,7 +175,15 @@ pub async fn serve(
     }
     let privacy = Arc::new(Privacy::new(config.privacy.clone(), &data_dir)?);
     privacy.spawn_retention(&store, &metrics);
-    let state = Arc::new(AppState::new(server_cfg, metrics, store, safety, privacy));
+    let feedback = Arc::new(crate::feedback::Feedback::new(
+        config.feedback.clone(),
+        store.clone(),
+        privacy.clone(),
+        safety.clone(),
+    ));
+    let state = Arc::new(AppState::new(
+        server_cfg, metrics, store, safety, privacy, feedback,
+    ));
     let addr = listener.local_addr()?;
     tracing::info!("listening on http://{addr}");
 

@@ -51,7 +51,8 @@ struct Meta {
 }
 
 impl Meta {
-    /// Logs the finished conversation when consented and sampled.
+    /// Keeps the prompt and answers in memory for feedback, and logs the finished
+    /// conversation when consented and sampled.
     fn log(
         &self,
         st: &SharedState,
@@ -60,6 +61,13 @@ impl Meta {
         prompt_tokens: usize,
         completion_tokens: usize,
     ) {
+        st.feedback.contexts.insert(
+            self.id.clone(),
+            Arc::new(crate::feedback::Context {
+                messages: self.messages.clone(),
+                answers: answers.to_vec(),
+            }),
+        );
         if !self.log {
             return;
         }
@@ -331,45 +339,19 @@ pub async fn chat_completions(
     let log = consents(&st, &caller, &headers)? && st.privacy.sampled();
 
     // Reflexes on the prompt, before the model sees it.
+    let started = Instant::now();
     let mut input_report = None;
+    let mut withheld = None;
     if let Some(g) = &guard {
         let check = g.check_input(&mut msgs);
         if check.redacted {
             plan = self::plan(&st, ready, &version, &req, &msgs, generation)?;
         }
         input_report = check.report;
-        if let Some(reply) = check.withhold {
-            st.metrics.prompts_withheld.inc();
-            record(
-                &st,
-                &id,
-                &version.id,
-                &source,
-                user_hash.as_deref(),
-                plan.n,
-                0,
-            )?;
-            if let (Some(e), Some(r)) = (&check.escalation, input_report.as_mut()) {
-                r.review_id = guard::enqueue(&st, &id, user_hash.as_deref(), e);
-            }
-            finish_record(&st, &id, 0, &vec!["content_filter".to_string(); plan.n]);
-            let meta = Meta {
-                id: id.clone(),
-                version: version.id.clone(),
-                source,
-                user_hash,
-                log,
-                started: Instant::now(),
-                messages: msgs,
-                input_report: input_report.clone(),
-            };
-            meta.log(&st, &vec![reply.clone(); plan.n], &vec![None; plan.n], 0, 0);
-            let resp = filtered(&id, &version.id, &plan, reply, input_report);
-            return Ok(with_version(resp, &version.id));
-        }
         if let (Some(e), Some(r)) = (&check.escalation, input_report.as_mut()) {
             r.review_id = guard::enqueue(&st, &id, user_hash.as_deref(), e);
         }
+        withheld = check.withhold;
     }
     let meta = Meta {
         id: id.clone(),
@@ -377,10 +359,26 @@ pub async fn chat_completions(
         source: source.clone(),
         user_hash: user_hash.clone(),
         log,
-        started: Instant::now(),
+        started,
         messages: msgs,
         input_report: input_report.clone(),
     };
+    if let Some(reply) = withheld {
+        st.metrics.prompts_withheld.inc();
+        record(
+            &st,
+            &id,
+            &version.id,
+            &source,
+            user_hash.as_deref(),
+            plan.n,
+            0,
+        )?;
+        finish_record(&st, &id, 0, &vec!["content_filter".to_string(); plan.n]);
+        meta.log(&st, &vec![reply.clone(); plan.n], &vec![None; plan.n], 0, 0);
+        let resp = filtered(&id, &version.id, &plan, reply, input_report);
+        return Ok(with_version(resp, &version.id));
+    }
 
     if let Some(key) = &plan.cache_key {
         if let Some(hit) = st.cache.get(key) {

@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod chat;
 mod error;
+mod feedback;
 mod guard;
 mod health;
 mod json;
@@ -21,7 +22,7 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use axum::Router;
 
 pub use error::ApiError;
@@ -57,6 +58,18 @@ pub mod routes {
     pub const USER_DATA: &str = "/v1/users/{user}/data";
     /// Operator: the audit log.
     pub const ADMIN_AUDIT: &str = "/admin/audit";
+    /// Submit feedback on a completion.
+    pub const FEEDBACK: &str = "/v1/feedback";
+    /// One feedback item.
+    pub const FEEDBACK_ITEM: &str = "/v1/feedback/{id}";
+    /// Operator: feedback sources.
+    pub const ADMIN_SOURCES: &str = "/admin/sources";
+    /// Operator: one source.
+    pub const ADMIN_SOURCE: &str = "/admin/sources/{id}";
+    /// Operator: feedback items.
+    pub const ADMIN_FEEDBACK: &str = "/admin/feedback";
+    /// Operator: decide one feedback item.
+    pub const ADMIN_FEEDBACK_ITEM: &str = "/admin/feedback/{id}";
 }
 
 /// The application router over `state`.
@@ -77,6 +90,12 @@ pub fn router(state: SharedState) -> Router {
         .route(routes::ADMIN_SAFETY_RELOAD, post(review::reload))
         .route(routes::USER_DATA, delete(users::erase))
         .route(routes::ADMIN_AUDIT, get(users::audit))
+        .route(routes::FEEDBACK, post(feedback::submit))
+        .route(routes::FEEDBACK_ITEM, get(feedback::get))
+        .route(routes::ADMIN_SOURCES, get(feedback::sources))
+        .route(routes::ADMIN_SOURCE, patch(feedback::patch_source))
+        .route(routes::ADMIN_FEEDBACK, get(feedback::list))
+        .route(routes::ADMIN_FEEDBACK_ITEM, post(feedback::decide))
         .fallback(|| async { ApiError::not_found(None, "no such endpoint").into_response() })
         .method_not_allowed_fallback(|| async {
             let mut e = ApiError::invalid(None, "this endpoint does not accept that HTTP method");

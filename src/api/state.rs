@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::config::ServerConfig;
 use crate::engine::Engine;
+use crate::feedback::Feedback;
 use crate::model::LoadedModel;
 use crate::monitoring::Metrics;
 use crate::privacy::conversations::Privacy;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub safety: Option<Arc<Safety>>,
     /// The anonymizer and conversation-log settings.
     pub privacy: Arc<Privacy>,
+    /// Feedback intake and source reliability.
+    pub feedback: Arc<Feedback>,
 }
 
 /// Cloneable handle to the state.
@@ -72,6 +75,7 @@ impl AppState {
         store: Arc<Store>,
         safety: Option<Arc<Safety>>,
         privacy: Arc<Privacy>,
+        feedback: Arc<Feedback>,
     ) -> Self {
         let cache = moka::sync::Cache::builder()
             .max_capacity(config.response_cache_bytes)
@@ -89,6 +93,7 @@ impl AppState {
             cache,
             safety,
             privacy,
+            feedback,
         }
     }
 }

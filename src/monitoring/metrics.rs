@@ -50,6 +50,12 @@ pub struct Metrics {
     pub retention_deleted: IntCounter,
     /// End-user erasures performed.
     pub erasures: IntCounter,
+    /// Feedback items by kind and status at intake.
+    pub feedback: IntCounterVec,
+    /// Feedback quarantined, by reason.
+    pub feedback_quarantined: IntCounterVec,
+    /// Sources per reliability band (`0.0-0.2` … `0.8-1.0`).
+    pub source_reliability: prometheus::IntGaugeVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -184,6 +190,27 @@ impl Metrics {
             erasures: reg!(IntCounter::new(
                 "tether_user_erasures_total",
                 "End-user data erasures performed."
+            )?),
+            feedback: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tether_feedback_total",
+                    "Feedback items by kind and status at intake."
+                ),
+                &["kind", "status"]
+            )?),
+            feedback_quarantined: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tether_feedback_quarantined_total",
+                    "Feedback items quarantined, by reason."
+                ),
+                &["reason"]
+            )?),
+            source_reliability: reg!(prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "tether_feedback_sources",
+                    "Feedback sources per learned-reliability band."
+                ),
+                &["reliability"]
             )?),
             registry,
         })

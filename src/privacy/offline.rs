@@ -11,44 +11,20 @@ use super::{char_offsets, Anonymizer, Operator, Pseudonyms};
 use crate::safety::{ActionKind, Cascade, Direction};
 use crate::storage::Store;
 
-fn text_of(line: &str) -> Option<String> {
-    serde_json::from_str::<serde_json::Value>(line)
-        .ok()?
-        .get("text")?
-        .as_str()
-        .map(str::to_string)
-}
-
 /// Per line `{"text"}` in, `{"spans": [{"type","start","end","score"}]}` out
-/// (character offsets), or `{"error"}` for a bad line. Returns the lines read.
-pub fn scan(a: &Anonymizer, input: impl BufRead, mut out: impl Write) -> std::io::Result<usize> {
-    let mut n = 0;
-    for (i, line) in input.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        n += 1;
-        let v = match text_of(&line) {
-            Some(t) => {
-                let spans = a.analyze(&t);
-                let offsets = char_offsets(&t, &spans);
-                let list: Vec<serde_json::Value> = spans
-                    .iter()
-                    .zip(offsets)
-                    .map(|(s, (start, end))| {
-                        serde_json::json!({"type": s.entity.name(), "start": start, "end": end, "score": s.score})
-                    })
-                    .collect();
-                serde_json::json!({ "spans": list })
-            }
-            None => {
-                serde_json::json!({"error": format!("line {}: expected a JSON object with a string field `text`", i + 1)})
-            }
-        };
-        writeln!(out, "{v}")?;
-    }
-    Ok(n)
+/// (character offsets). Returns the lines read.
+pub fn scan(a: &Anonymizer, input: impl BufRead, out: impl Write) -> std::io::Result<usize> {
+    crate::jsonl::map_texts(input, out, |t| {
+        let spans = a.analyze(t);
+        let list: Vec<serde_json::Value> = spans
+            .iter()
+            .zip(char_offsets(t, &spans))
+            .map(|(s, (start, end))| {
+                serde_json::json!({"type": s.entity.name(), "start": start, "end": end, "score": s.score})
+            })
+            .collect();
+        serde_json::json!({ "spans": list })
+    })
 }
 
 /// Per line `{"text"}` in, `{"text": anonymized}` out.
@@ -56,24 +32,13 @@ pub fn redact(
     a: &Anonymizer,
     op: &Operator,
     input: impl BufRead,
-    mut out: impl Write,
+    out: impl Write,
 ) -> std::io::Result<usize> {
-    let mut n = 0;
-    for (i, line) in input.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        n += 1;
-        let v = match text_of(&line) {
-            Some(t) => serde_json::json!({"text": a.anonymize(&t, op, &mut Pseudonyms::default())}),
-            None => {
-                serde_json::json!({"error": format!("line {}: expected a JSON object with a string field `text`", i + 1)})
-            }
-        };
-        writeln!(out, "{v}")?;
-    }
-    Ok(n)
+    crate::jsonl::map_texts(
+        input,
+        out,
+        |t| serde_json::json!({"text": a.anonymize(t, op, &mut Pseudonyms::default())}),
+    )
 }
 
 /// What an export kept and dropped.
@@ -95,7 +60,7 @@ pub struct ExportReport {
 }
 
 /// 64-bit SimHash over word 3-shingles.
-fn simhash(text: &str) -> u64 {
+pub fn simhash(text: &str) -> u64 {
     let words: Vec<&str> = text.split_whitespace().collect();
     let mut v = [0i32; 64];
     let mut add = |s: &str| {

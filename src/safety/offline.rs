@@ -90,40 +90,22 @@ pub fn moderate(cascade: &Cascade, scores: &[f32; N_CATEGORIES], d: Direction) -
     }
 }
 
-/// Reads `{"text": ...}` lines and writes one moderation result per line. A bad
-/// line gets `{"error": ...}` and the rest continue. Returns the lines read.
+/// Reads `{"text": ...}` lines and writes one moderation result (plus the policy's
+/// `action`) per line. Returns the lines read.
 pub fn classify(
     cascade: &Cascade,
     d: Direction,
     input: impl BufRead,
-    mut output: impl Write,
+    output: impl Write,
 ) -> std::io::Result<usize> {
-    let mut n = 0;
-    for (i, line) in input.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        n += 1;
-        let text = serde_json::from_str::<serde_json::Value>(&line)
-            .ok()
-            .and_then(|v| v.get("text").and_then(|t| t.as_str()).map(str::to_string));
-        let out = match text {
-            Some(t) => {
-                let a = cascade.assess(&t, d);
-                let decision = cascade.policy.decide(d, &a.scores, &a.hits);
-                let mut v = serde_json::to_value(moderate(cascade, &a.scores, d))
-                    .unwrap_or(serde_json::Value::Null);
-                v["action"] = decision.action.name().into();
-                v
-            }
-            None => serde_json::json!({
-                "error": format!("line {}: expected a JSON object with a string field `text`", i + 1)
-            }),
-        };
-        writeln!(output, "{out}")?;
-    }
-    Ok(n)
+    crate::jsonl::map_texts(input, output, |t| {
+        let a = cascade.assess(t, d);
+        let decision = cascade.policy.decide(d, &a.scores, &a.hits);
+        let mut v = serde_json::to_value(moderate(cascade, &a.scores, d))
+            .unwrap_or(serde_json::Value::Null);
+        v["action"] = decision.action.name().into();
+        v
+    })
 }
 
 /// Precision, recall and ROC-AUC of one category.

@@ -3,6 +3,8 @@
 //!
 //! One connection behind a mutex: writes are small and rare next to generation.
 
+mod feedback;
+
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -105,6 +107,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created INTEGER NOT NULL
 );
 ";
+
+pub use feedback::{FeedbackRow, SourceRow};
 
 /// A row of the `versions` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,6 +301,7 @@ impl Store {
             .map_err(open)?;
         migrate(&conn).map_err(open)?;
         conn.execute_batch(SCHEMA).map_err(open)?;
+        conn.execute_batch(feedback::SCHEMA).map_err(open)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -570,7 +575,10 @@ impl Store {
             |r| r.get::<_, i64>(0),
         )? > 0
         {
-            tx.execute(&scoped("feedback"), params![user_hash, source])?
+            tx.execute(
+                "DELETE FROM feedback WHERE user_hash = ?1 AND (?2 IS NULL OR source = ?2 OR source LIKE ?2 || '/%')",
+                params![user_hash, source],
+            )?
         } else {
             0
         };
@@ -593,6 +601,21 @@ impl Store {
         tx.commit()?;
         conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
         Ok(erased)
+    }
+
+    /// Adds an audit entry (never with user content).
+    pub fn audit_event(
+        &self,
+        actor: &str,
+        action: &str,
+        subject: Option<&str>,
+        detail: &serde_json::Value,
+    ) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![now_unix(), actor, action, subject, detail.to_string()],
+        )?;
+        Ok(())
     }
 
     /// Audit entries, newest first.

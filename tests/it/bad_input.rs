@@ -156,6 +156,13 @@ fn random_json(rng: &mut ChaCha8Rng, depth: u32) -> Value {
         "input",
         "decision",
         "note",
+        "kind",
+        "completion_id",
+        "rating",
+        "correction",
+        "chosen",
+        "ranking",
+        "trusted",
     ];
     match rng.random_range(0..if depth > 3 { 5 } else { 8 }) {
         0 => Value::Null,
@@ -205,8 +212,10 @@ fn random_json_documents_never_cause_a_server_error() {
         "/admin/keys",
         "/v1/moderations",
         "/admin/review/1",
+        "/v1/feedback",
+        "/admin/sources/x",
     ];
-    for i in 0..480 {
+    for i in 0..560 {
         let mut body = random_json(&mut rng, 0);
         // Half the time, start from a valid chat request and break one field, so the
         // fuzzing reaches validation deep inside the handler.

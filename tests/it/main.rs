@@ -7,6 +7,7 @@
 mod bad_input;
 mod cli;
 mod common;
+mod feedback;
 mod generation;
 mod loading;
 mod lora;

@@ -424,7 +424,7 @@ fn sixteen_concurrent_streams_all_progress_and_cancelled_clients_free_their_slot
                 b.wait();
                 let resp = ureq::post(&format!("{url}/v1/chat/completions"))
                     .send_json(json!({"model": "tether",
-                        "messages": [{"role": "user", "content": format!("Count from {i} upwards.")}],
+                        "messages": [{"role": "user", "content": format!("Tell a long story about a dragon named Number {i}.")}],
                         "max_tokens": 24, "temperature": 0, "stream": true}))
                     .expect("stream");
                 let mut first = None;
@@ -454,12 +454,23 @@ fn sixteen_concurrent_streams_all_progress_and_cancelled_clients_free_their_slot
         .collect();
     let last_first = results.iter().map(|r| r.0).max().expect("max");
     let first_done = results.iter().map(|r| r.1).min().expect("min");
+    let timeline: Vec<String> = results
+        .iter()
+        .map(|r| {
+            format!(
+                "first {:?} done {:?} chunks {}",
+                r.0.duration_since(start),
+                r.1.duration_since(start),
+                r.2
+            )
+        })
+        .collect();
     assert!(
         last_first < first_done,
-        "some stream got its first token only after another had finished: streams were serialised"
+        "some stream got its first token only after another had finished: streams were serialised\n{}",
+        timeline.join("\n")
     );
     assert!(results.iter().all(|r| r.2 > 0));
-    let _ = start;
     assert!(
         s.metric("tether_batch_size_sum") / s.metric("tether_batch_size_count") > 4.0,
         "batches were small"
