@@ -51,6 +51,20 @@ struct Meta {
 }
 
 impl Meta {
+    /// Records the completion id (before any answer is sent).
+    fn record(&self, st: &SharedState, n: usize, prompt_tokens: usize) -> Result<(), ApiError> {
+        st.store
+            .insert_completion(
+                &self.id,
+                &self.version,
+                &self.source,
+                self.user_hash.as_deref(),
+                n,
+                prompt_tokens,
+            )
+            .map_err(ApiError::internal)
+    }
+
     /// Keeps the prompt and answers in memory for feedback, and logs the finished
     /// conversation when consented and sampled.
     fn log(
@@ -365,15 +379,7 @@ pub async fn chat_completions(
     };
     if let Some(reply) = withheld {
         st.metrics.prompts_withheld.inc();
-        record(
-            &st,
-            &id,
-            &version.id,
-            &source,
-            user_hash.as_deref(),
-            plan.n,
-            0,
-        )?;
+        meta.record(&st, plan.n, 0)?;
         finish_record(&st, &id, 0, &vec!["content_filter".to_string(); plan.n]);
         meta.log(&st, &vec![reply.clone(); plan.n], &vec![None; plan.n], 0, 0);
         let resp = filtered(&id, &version.id, &plan, reply, input_report);
@@ -387,15 +393,7 @@ pub async fn chat_completions(
             body.id = id.clone();
             body.created = now_unix();
             body.safety = input_report;
-            record(
-                &st,
-                &id,
-                &version.id,
-                &source,
-                user_hash.as_deref(),
-                plan.n,
-                plan.prompt.len(),
-            )?;
+            meta.record(&st, plan.n, plan.prompt.len())?;
             let reasons: Vec<String> = body
                 .choices
                 .iter()
@@ -437,15 +435,7 @@ pub async fn chat_completions(
             SubmitError::QueueFull(_) => ApiError::too_many(format!("{e}; retry in a moment"), 1),
             SubmitError::Stopped => ApiError::internal(e),
         })?;
-    record(
-        &st,
-        &id,
-        &version.id,
-        &source,
-        user_hash.as_deref(),
-        plan.n,
-        plan.prompt.len(),
-    )?;
+    meta.record(&st, plan.n, plan.prompt.len())?;
 
     if plan.stream {
         let stream = stream_events(
@@ -572,20 +562,6 @@ fn consents(
         .map(|v| v.to_str().unwrap_or("invalid"));
     consent::allowed(default, header)
         .map_err(|e| ApiError::invalid(Some(consent::HEADER), e.to_string()))
-}
-
-fn record(
-    st: &SharedState,
-    id: &str,
-    version: &str,
-    source: &str,
-    user_hash: Option<&str>,
-    n: usize,
-    prompt_tokens: usize,
-) -> Result<(), ApiError> {
-    st.store
-        .insert_completion(id, version, source, user_hash, n, prompt_tokens)
-        .map_err(ApiError::internal)
 }
 
 fn finish_record(st: &SharedState, id: &str, completion_tokens: usize, reasons: &[String]) {

@@ -2,8 +2,6 @@
 //! sources; bad input; and durability across `kill -9`.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -421,38 +419,8 @@ fn feedback_bad_input_is_explained() {
 fn acknowledged_feedback_survives_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["serve", "--port", "0", "--data-dir"])
-        .arg(&data)
-        .env("TETHER_LOG", "tether=info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(at) = line.find("listening on http://") {
-                let _ = tx.send(line[at + "listening on ".len()..].trim().to_string());
-            }
-        }
-    });
-    let url: String = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("address")
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect();
-    let start = Instant::now();
-    while !ureq::get(&format!("{url}/ready"))
-        .call()
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(start.elapsed() < Duration::from_secs(120), "never ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let served = crate::binary::spawn(None, &data, &[], None);
+    let (mut child, url) = (served.child, served.url);
     let c: Value = ureq::post(&format!("{url}/v1/chat/completions"))
         .send_json(json!({"model": "tether", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}))
         .expect("chat")
@@ -484,9 +452,7 @@ fn acknowledged_feedback_survives_kill_9() {
     while acked.lock().unwrap_or_else(|e| e.into_inner()).len() < 40 {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status();
+    crate::binary::signal(&child, "KILL");
     let _ = child.wait();
     for w in writers {
         let _ = w.join();

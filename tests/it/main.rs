@@ -5,6 +5,7 @@
 //! architecture, written to disk by `common` and loaded through the real loader.
 
 mod bad_input;
+mod binary;
 mod cli;
 mod common;
 mod feedback;

@@ -2,57 +2,19 @@
 //! graceful shutdown.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 
-/// Starts `tether serve --port 0` and returns it with its base URL (read from the
-/// "listening on" log line) once `/ready` answers 200.
-fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
-    let config = data_dir.join("test.toml");
-    std::fs::write(
-        &config,
-        "[server]\nkeys = [{ key = \"sk-test-user\", source = \"openai-test\" }]\n",
-    )
-    .expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-        .arg("--config")
-        .arg(&config)
-        .args(["serve", "--port", "0", "--data-dir"])
-        .arg(data_dir)
-        .env("TETHER_LOG", "tether=info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn tether serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(at) = line.find("listening on http://") {
-                let _ = tx.send(line[at + "listening on ".len()..].trim().to_string());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("server logs its address");
-    let url: String = url.chars().filter(|c| !c.is_control()).collect();
-    let url = url.trim_end_matches("[0m").to_string();
-    for _ in 0..600 {
-        if ureq::get(&format!("{url}/ready"))
-            .call()
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return (child, url);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("tether serve never became ready");
+fn spawn_server(data_dir: &std::path::Path) -> (std::process::Child, String) {
+    let served = crate::binary::spawn(
+        Some("[server]\nkeys = [{ key = \"sk-test-user\", source = \"openai-test\" }]\n"),
+        &data_dir.join("data"),
+        &[],
+        None,
+    );
+    (served.child, served.url)
 }
 
 #[test]
@@ -90,12 +52,7 @@ fn sigterm_lets_an_in_flight_stream_finish_then_exits() {
     let mut reader = BufReader::new(resp.into_reader());
     let mut line = String::new();
     reader.read_line(&mut line).expect("first chunk");
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    crate::binary::signal(&child, "TERM");
     let mut done = false;
     for l in reader.lines() {
         if l.expect("line").starts_with("data: [DONE]") {

@@ -1,7 +1,7 @@
 //! Privacy: consent, anonymized conversation logs, erasure, retention, and a scan
 //! of every file the server writes for personal data seeded into its requests.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -214,46 +214,17 @@ fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 fn seeded_personal_data_never_reaches_any_file_in_the_data_dir() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).expect("mkdir");
     let log_path = data.join("tether.log");
-    let config = dir.path().join("c.toml");
-    std::fs::write(&config, "[privacy]\nconsent = \"opt-out\"\n").expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-        .arg("--config")
-        .arg(&config)
-        .args(["serve", "--port", "0", "--data-dir"])
-        .arg(&data)
-        .env("TETHER_LOG", "tether=debug,tower_http=debug")
-        .env("NO_COLOR", "1")
-        .env("TETHER_OPERATOR_TOKEN", OPERATOR)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log_file = log_path.clone();
-    let logger = std::thread::spawn(move || {
-        let mut f = std::fs::File::create(&log_file).expect("log file");
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = writeln!(f, "{line}");
-            if let Some(at) = line.find("listening on http://") {
-                let _ = tx.send(line[at + "listening on ".len()..].trim().to_string());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("address logged");
-    let url: String = url.chars().filter(|c| !c.is_control()).collect();
-    let start = Instant::now();
-    while !ureq::get(&format!("{url}/ready"))
-        .call()
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(start.elapsed() < Duration::from_secs(120), "never ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let served = crate::binary::spawn(
+        Some("[privacy]\nconsent = \"opt-out\"\n"),
+        &data,
+        &[
+            ("TETHER_LOG", "tether=debug,tower_http=debug"),
+            ("TETHER_OPERATOR_TOKEN", OPERATOR),
+        ],
+        Some(log_path.clone()),
+    );
+    let (mut child, url, logger) = (served.child, served.url, served.logger);
 
     let seeds = [
         "zora.quillfeather@example.net",
@@ -318,9 +289,7 @@ fn seeded_personal_data_never_reaches_any_file_in_the_data_dir() {
 
     // Stop the server cleanly (SIGTERM), so the database is checkpointed as in
     // production, then look at every byte it left behind.
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    crate::binary::signal(&child, "TERM");
     let _ = child.wait();
     let _ = logger.join();
     let mut all = Vec::new();
