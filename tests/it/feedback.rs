@@ -449,7 +449,12 @@ fn acknowledged_feedback_survives_kill_9() {
             })
         })
         .collect();
+    let waiting = Instant::now();
     while acked.lock().unwrap_or_else(|e| e.into_inner()).len() < 40 {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(120),
+            "the writers stopped before 40 acknowledgements"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     crate::binary::signal(&child, "KILL");
