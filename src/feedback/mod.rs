@@ -533,12 +533,7 @@ impl Feedback {
                 })
             })
             .collect();
-        let sources: HashMap<String, SourceRow> = self
-            .store
-            .sources()?
-            .into_iter()
-            .map(|s| (s.id.clone(), s))
-            .collect();
+        let sources: HashMap<String, SourceRow> = self.store.sources_by_id()?;
         let now = crate::storage::now_unix();
         let young_secs = self.config.young_secs as i64;
         let new = campaign::Recent {
@@ -683,12 +678,7 @@ impl Feedback {
     /// Weights of accepted items in one update window, with any one source's share
     /// capped at `share_cap` of the total (the excess is scaled away).
     pub fn window_weights(&self, items: &[FeedbackRow]) -> Result<HashMap<String, f64>, Error> {
-        let sources: HashMap<String, SourceRow> = self
-            .store
-            .sources()?
-            .into_iter()
-            .map(|s| (s.id.clone(), s))
-            .collect();
+        let sources: HashMap<String, SourceRow> = self.store.sources_by_id()?;
         let mut w: HashMap<String, f64> = items
             .iter()
             .map(|f| (f.id.clone(), self.weight(f, sources.get(&f.source))))

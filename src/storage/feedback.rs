@@ -305,6 +305,15 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    /// Every source, by id.
+    pub fn sources_by_id(&self) -> Result<std::collections::HashMap<String, SourceRow>> {
+        Ok(self
+            .sources()?
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect())
+    }
+
     /// One source.
     pub fn source(&self, id: &str) -> Result<Option<SourceRow>> {
         Ok(self
