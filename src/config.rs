@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineConfig;
+use crate::learner::LearnerConfig;
 use crate::model::{ComputePath, LoraConfig};
 use crate::privacy::consent::Consent;
 use crate::privacy::Operator;
@@ -188,6 +189,8 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     /// Feedback intake.
     pub feedback: FeedbackConfig,
+    /// The background learner.
+    pub learner: LearnerConfig,
 }
 
 impl Config {
@@ -245,6 +248,9 @@ impl Config {
         }
         if let Ok(v) = std::env::var("TETHER_SAFETY") {
             self.safety.enabled = !matches!(v.as_str(), "0" | "false" | "no" | "off");
+        }
+        if let Ok(v) = std::env::var("TETHER_LEARNER") {
+            self.learner.enabled = !matches!(v.as_str(), "0" | "false" | "no" | "off");
         }
         if let Ok(v) = std::env::var("TETHER_PRIVACY_SALT") {
             self.privacy.salt = v;

@@ -27,6 +27,9 @@ pub enum Error {
     /// The database could not be opened.
     #[error(transparent)]
     Storage(#[from] crate::storage::Error),
+    /// The learner could not start.
+    #[error(transparent)]
+    Learner(#[from] crate::learner::Error),
     /// The registry could not be opened.
     #[error(transparent)]
     Registry(#[from] crate::registry::Error),
@@ -99,7 +102,14 @@ fn load(state: &AppState, config: &Config, data_dir: PathBuf) -> Result<(), Erro
     };
     let model = Arc::new(LoadedModel::load(&spec, &opts)?);
     let hash = content_hash(&spec)?;
-    let registry = Registry::open(state.store.clone(), &data_dir, &model.name, &hash)?;
+    let registry = Arc::new(Registry::open(
+        state.store.clone(),
+        &data_dir,
+        &model.name,
+        &hash,
+        model.llama.config(),
+        model.llama.device(),
+    )?);
     let engine = Engine::start(model.clone(), config.engine.clone(), state.metrics.clone());
     state
         .metrics
@@ -112,10 +122,23 @@ fn load(state: &AppState, config: &Config, data_dir: PathBuf) -> Result<(), Erro
         seconds = start.elapsed().as_secs_f64(),
         "model loaded; ready"
     );
+    let learner = if config.learner.enabled {
+        Some(crate::learner::Learner::start(
+            config.learner.clone(),
+            config.lora.clone(),
+            model.clone(),
+            registry.clone(),
+            state.feedback.clone(),
+            state.metrics.clone(),
+        )?)
+    } else {
+        None
+    };
     let _ = state.ready.set(Ready {
         model,
         engine,
         registry,
+        learner,
     });
     Ok(())
 }

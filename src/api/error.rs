@@ -62,6 +62,11 @@ impl ApiError {
         e
     }
 
+    /// 409: the request conflicts with the resource's current state.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict_error", message)
+    }
+
     /// 429: too many requests (queue full or rate limit).
     pub fn too_many(message: impl Into<String>, retry_after: u64) -> Self {
         let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message);

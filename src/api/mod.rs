@@ -14,6 +14,7 @@ mod models;
 mod moderations;
 mod review;
 pub mod state;
+mod train;
 mod users;
 pub mod wire;
 
@@ -70,6 +71,10 @@ pub mod routes {
     pub const ADMIN_FEEDBACK: &str = "/admin/feedback";
     /// Operator: decide one feedback item.
     pub const ADMIN_FEEDBACK_ITEM: &str = "/admin/feedback/{id}";
+    /// Operator: start a training run; list runs.
+    pub const ADMIN_TRAIN: &str = "/admin/train";
+    /// Operator: one training run.
+    pub const ADMIN_TRAIN_RUN: &str = "/admin/train/{id}";
 }
 
 /// The application router over `state`.
@@ -96,6 +101,8 @@ pub fn router(state: SharedState) -> Router {
         .route(routes::ADMIN_SOURCE, patch(feedback::patch_source))
         .route(routes::ADMIN_FEEDBACK, get(feedback::list))
         .route(routes::ADMIN_FEEDBACK_ITEM, post(feedback::decide))
+        .route(routes::ADMIN_TRAIN, post(train::start).get(train::list))
+        .route(routes::ADMIN_TRAIN_RUN, get(train::get))
         .fallback(|| async { ApiError::not_found(None, "no such endpoint").into_response() })
         .method_not_allowed_fallback(|| async {
             let mut e = ApiError::invalid(None, "this endpoint does not accept that HTTP method");

@@ -92,15 +92,10 @@ pub async fn decide(
         .decide_review(id, &req.decision, req.note.as_deref())
         .map_err(ApiError::internal)?
     {
-        let mut e = ApiError::invalid(
-            Some("id"),
-            format!(
-                "review item {id} was already decided ({})",
-                item.decision.unwrap_or_default()
-            ),
-        );
-        e.status = StatusCode::CONFLICT;
-        return Err(e);
+        return Err(ApiError::conflict(format!(
+            "review item {id} was already decided ({})",
+            item.decision.unwrap_or_default()
+        )));
     }
     if let Ok(n) = st.store.pending_reviews() {
         st.metrics.review_queue_length.set(n);

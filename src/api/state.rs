@@ -21,7 +21,9 @@ pub struct Ready {
     /// The batching engine.
     pub engine: Engine,
     /// Versions.
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
+    /// The background learner (`None` when turned off).
+    pub learner: Option<Arc<crate::learner::Learner>>,
 }
 
 /// A token bucket per source.

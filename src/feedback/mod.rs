@@ -281,10 +281,22 @@ impl Feedback {
             Kind::Correction { choice, .. } | Kind::Rating { choice, .. } => Some(*choice),
             Kind::Preference { .. } => None,
         };
-        let answer = ctx
-            .as_ref()
-            .and_then(|c| choice.and_then(|i| c.answers.get(i)))
-            .map(|a| anon.anonymize(a, op, &mut names));
+        // A correction or rating is about one answer; a preference keeps every
+        // choice (a JSON array indexed by `chosen`/`rejected`) so it can be trained on.
+        let answer = match &sub.kind {
+            Kind::Preference { .. } => ctx.as_ref().map(|c| {
+                let all: Vec<String> = c
+                    .answers
+                    .iter()
+                    .map(|a| anon.anonymize(a, op, &mut names))
+                    .collect();
+                serde_json::to_string(&all).unwrap_or_default()
+            }),
+            _ => ctx
+                .as_ref()
+                .and_then(|c| choice.and_then(|i| c.answers.get(i)))
+                .map(|a| anon.anonymize(a, op, &mut names)),
+        };
         let text = match &sub.kind {
             Kind::Correction { text, .. } => Some(anon.anonymize(text, op, &mut names)),
             _ => None,

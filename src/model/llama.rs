@@ -30,12 +30,20 @@ pub struct SeqInput<'a> {
 }
 
 /// Which positions get logits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outputs {
     /// The last new token of each sequence: `(sequences, vocab)`.
     LastToken,
     /// Every new token, packed in input order: `(total tokens, vocab)`.
     AllTokens,
+    /// These rows of the packed batch, in this order: `(rows, vocab)`. Training uses
+    /// it to skip the output head on prompt tokens.
+    Rows(Vec<u32>),
+    /// No logits: the packed hidden states `(total tokens, hidden)` that enter this
+    /// layer (sequences without caches only). Training computes the frozen layers
+    /// below the adapters once per run this way and resumes with
+    /// [`Llama::forward_from`].
+    HiddenBefore(usize),
 }
 
 /// Serving (fast kernels) or training (differentiable ops).
@@ -436,7 +444,7 @@ impl Llama {
             .iter()
             .map(|s| s.cache.as_ref().map(|c| c.len()))
             .collect();
-        let result = self.forward_inner(seqs, outputs, mode);
+        let result = self.forward_inner(seqs, outputs, mode, None);
         if result.is_err() {
             for (s, len) in seqs.iter_mut().zip(before) {
                 if let (Some(c), Some(len)) = (s.cache.as_deref_mut(), len) {
@@ -447,12 +455,33 @@ impl Llama {
         result
     }
 
+    /// Like [`Llama::forward`], but starting at `layer` with the packed hidden states
+    /// `hidden` that an [`Outputs::HiddenBefore`] pass over the same sequences
+    /// returned (no caches).
+    pub fn forward_from(
+        &self,
+        seqs: &mut [SeqInput<'_>],
+        layer: usize,
+        hidden: Tensor,
+        outputs: Outputs,
+        mode: Mode<'_>,
+    ) -> Result<Tensor> {
+        self.forward_inner(seqs, outputs, mode, Some((layer, hidden)))
+    }
+
     fn forward_inner(
         &self,
         seqs: &mut [SeqInput<'_>],
         outputs: Outputs,
         mode: Mode<'_>,
+        resume: Option<(usize, Tensor)>,
     ) -> Result<Tensor> {
+        let partial = resume.is_some() || matches!(outputs, Outputs::HiddenBefore(_));
+        if partial && seqs.iter().any(|s| s.cache.is_some()) {
+            return Err(Error::InvalidArgument(
+                "partial forward passes cannot use caches".into(),
+            ));
+        }
         if seqs.is_empty() {
             return Err(Error::InvalidArgument("empty batch".into()));
         }
@@ -512,10 +541,43 @@ impl Llama {
         let dev = &self.device;
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
 
-        let mut x = self.embed.lookup(&tokens, dev)?;
+        let (first_layer, mut x) = match resume {
+            Some((layer, hidden)) => {
+                if layer > self.cfg.num_layers || hidden.dims() != [total, self.cfg.hidden_size] {
+                    return Err(Error::InvalidArgument(format!(
+                        "cannot resume at layer {layer} with hidden states of shape {:?} \
+                         for {total} tokens",
+                        hidden.dims()
+                    )));
+                }
+                (layer, hidden)
+            }
+            None => (0, self.embed.lookup(&tokens, dev)?),
+        };
+        let stop = match outputs {
+            Outputs::HiddenBefore(l) => l.min(self.cfg.num_layers),
+            _ => self.cfg.num_layers,
+        };
         let (cos, sin) = self.rope.tables(&positions, dev)?;
+        // Below the first adapted layer nothing needs a gradient, so training runs the
+        // fast kernels there.
+        let train_from = if train {
+            seqs.iter()
+                .filter_map(|s| s.adapter.map(LoraAdapter::first_layer))
+                .min()
+                .unwrap_or(self.cfg.num_layers)
+        } else {
+            usize::MAX
+        };
 
         for (li, block) in self.blocks.iter().enumerate() {
+            if li < first_layer {
+                continue;
+            }
+            if li >= stop {
+                return Ok(x);
+            }
+            let train = li >= train_from;
             let proj = |t: Target, input: &Tensor| {
                 self.project(li, t, block.linear(t), input, &routing, mode)
             };
@@ -583,9 +645,23 @@ impl Llama {
             let m = (candle_nn::ops::silu(&gate)? * up)?;
             x = (x + proj(Target::Down, &m)?)?;
         }
-        let x = self.norm.forward(&x, train)?;
+        let x = match &outputs {
+            Outputs::Rows(rows) => {
+                if let Some(&bad) = rows.iter().find(|&&r| r as usize >= total) {
+                    return Err(Error::InvalidArgument(format!(
+                        "output row {bad} is outside the batch of {total} tokens"
+                    )));
+                }
+                x.index_select(&Tensor::from_vec(rows.clone(), rows.len(), dev)?, 0)?
+            }
+            _ => x,
+        };
+        if matches!(outputs, Outputs::HiddenBefore(_)) {
+            return Ok(x);
+        }
+        let x = self.norm.forward(&x, train_from < self.cfg.num_layers)?;
         let x = match outputs {
-            Outputs::AllTokens => x,
+            Outputs::AllTokens | Outputs::Rows(_) | Outputs::HiddenBefore(_) => x,
             Outputs::LastToken => {
                 let last: Vec<u32> = spans.iter().map(|&(s, l)| (s + l - 1) as u32).collect();
                 let n = last.len();

@@ -304,6 +304,19 @@ impl LoadedModel {
         self.tokenizer.encode_prompt(&text)
     }
 
+    /// Token ids of an assistant answer as the model should produce it: the text, then
+    /// the end-of-turn token (`<|im_end|>` for ChatML models, else EOS).
+    pub fn encode_answer(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.tokenizer.encode(text)?;
+        let end = self
+            .tokenizer
+            .token_to_id("<|im_end|>")
+            .or(self.tokenizer.eos())
+            .or(self.tokenizer.stop_ids().first().copied());
+        ids.extend(end);
+        Ok(ids)
+    }
+
     /// A description of the loaded model.
     pub fn info(&self) -> ModelInfo {
         let tok = |id: Option<u32>| id.and_then(|i| self.tokenizer.id_to_token(i));

@@ -106,6 +106,10 @@ pub struct LoraConfig {
     pub dropout: f64,
     /// Projections that get an adapter.
     pub targets: Vec<Target>,
+    /// Adapt only the last this-many layers (0: every layer). Gradients then stop at
+    /// the first adapted layer, which makes training steps much cheaper.
+    #[serde(default)]
+    pub layers: usize,
 }
 
 impl Default for LoraConfig {
@@ -115,6 +119,7 @@ impl Default for LoraConfig {
             alpha: 16.0,
             dropout: 0.0,
             targets: Target::ALL.to_vec(),
+            layers: 0,
         }
     }
 }
@@ -123,6 +128,11 @@ impl LoraConfig {
     /// `alpha / rank`.
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64
+    }
+
+    /// Whether layer `i` of a `num_layers`-layer model gets adapters.
+    pub fn adapts_layer(&self, i: usize, num_layers: usize) -> bool {
+        self.layers == 0 || i + self.layers.min(num_layers) >= num_layers
     }
 
     /// Rejects configurations that cannot train.
@@ -220,8 +230,12 @@ impl LoraAdapter {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut layers = Vec::with_capacity(model.num_layers);
         let mut vars = Vec::new();
-        for _ in 0..model.num_layers {
+        for layer in 0..model.num_layers {
             let mut slots: [Option<LoraPair>; 7] = Default::default();
+            if !config.adapts_layer(layer, model.num_layers) {
+                layers.push(slots);
+                continue;
+            }
             // Block order, whatever order the config lists targets in, so that `vars`
             // and `named_tensors` agree.
             for t in Target::ALL
@@ -296,6 +310,42 @@ impl LoraAdapter {
             .iter()
             .map(|(_, t)| t.elem_count())
             .sum()
+    }
+
+    /// A trainable copy of this adapter: training continues from its values (a child
+    /// version starts where its parent's adapter ended).
+    pub fn to_trainable(&self) -> Result<Self> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        let mut vars = Vec::new();
+        for slots in &self.layers {
+            let mut out: [Option<LoraPair>; 7] = Default::default();
+            for (o, s) in out.iter_mut().zip(slots) {
+                if let Some(p) = s {
+                    let a = Var::from_tensor(&p.a.detach().copy()?)?;
+                    let b = Var::from_tensor(&p.b.detach().copy()?)?;
+                    *o = Some(LoraPair {
+                        a: a.as_tensor().clone(),
+                        b: b.as_tensor().clone(),
+                    });
+                    vars.push(a);
+                    vars.push(b);
+                }
+            }
+            layers.push(out);
+        }
+        Ok(Self {
+            config: self.config.clone(),
+            layers,
+            vars,
+        })
+    }
+
+    /// The first layer with an adapted projection (gradients need not reach below it).
+    pub fn first_layer(&self) -> usize {
+        self.layers
+            .iter()
+            .position(|s| s.iter().any(Option::is_some))
+            .unwrap_or(self.layers.len())
     }
 
     /// A frozen copy (plain tensors, no variables) for serving.
@@ -392,6 +442,10 @@ impl LoraAdapter {
         let mut layers = Vec::with_capacity(model.num_layers);
         for i in 0..model.num_layers {
             let mut slots: [Option<LoraPair>; 7] = Default::default();
+            if !config.adapts_layer(i, model.num_layers) {
+                layers.push(slots);
+                continue;
+            }
             for &t in &config.targets {
                 let (out, inp) = t.dims(model);
                 let mut take = |ab: &str, shape: [usize; 2]| -> Result<Tensor> {

@@ -156,7 +156,18 @@ impl BaseLinear {
 
     /// Applies the layer to `x` of shape `(tokens, in)` in f32, returning `(tokens, out)` f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // While training on CPU, frozen dense products go through an op whose backward
+        // pass computes only the input's gradient: candle's matmul would also compute
+        // a (discarded) gradient for the weight, doubling the backward cost.
+        let frozen = x.track_op() && x.device().is_cpu();
         let y = match &self.weight {
+            LinearWeight::Dense(w) if w.dtype() == DType::F32 && frozen => {
+                x.contiguous()?.apply_op1(FrozenMatMul(w.clone()))?
+            }
+            LinearWeight::Blocks(b) if frozen && x.dim(0)? > MAX_KERNEL_TOKENS => {
+                x.contiguous()?
+                    .apply_op1(FrozenMatMul(b.dequantize(x.device())?))?
+            }
             LinearWeight::Dense(w) if w.dtype() == DType::F32 => x.matmul(&w.t()?)?,
             LinearWeight::Dense(w) => x
                 .to_dtype(w.dtype())?
@@ -353,5 +364,43 @@ impl WeightSource {
             WeightSource::Gguf { path, .. } => path.display().to_string(),
             WeightSource::Safetensors(_) => "safetensors".to_string(),
         }
+    }
+}
+
+/// `x Wᵀ` for a frozen `W (out, in)` whose backward pass returns only `grad · W`.
+struct FrozenMatMul(Tensor);
+
+impl candle_core::CustomOp1 for FrozenMatMul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (tokens, cols) = layout.shape().dims2()?;
+        let x = match (storage, layout.contiguous_offsets()) {
+            (candle_core::CpuStorage::F32(v), Some((a, b))) => &v[a..b],
+            _ => candle_core::bail!("frozen-matmul: input must be contiguous f32"),
+        };
+        let x = Tensor::from_slice(x, (tokens, cols), &Device::Cpu)?;
+        let y = x.matmul(&self.0.t()?)?;
+        let rows = y.dim(1)?;
+        let out = y.flatten_all()?.to_vec1::<f32>()?;
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from((tokens, rows)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.0)?))
     }
 }

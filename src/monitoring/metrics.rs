@@ -56,6 +56,22 @@ pub struct Metrics {
     pub feedback_quarantined: IntCounterVec,
     /// Sources per reliability band (`0.0-0.2` … `0.8-1.0`).
     pub source_reliability: prometheus::IntGaugeVec,
+    /// Training runs by outcome (`promoted`, `rejected`, `failed`, `reproduced`).
+    pub learner_runs: IntCounterVec,
+    /// Optimisation steps taken.
+    pub learner_steps: IntCounter,
+    /// Tokens processed by training steps.
+    pub learner_tokens: IntCounter,
+    /// Loss of the latest step.
+    pub learner_loss: prometheus::Gauge,
+    /// Mean KL to the base per anchor token at the latest step.
+    pub learner_kl: prometheus::Gauge,
+    /// KL to the base on held-out probes of the latest candidate.
+    pub learner_probe_kl: prometheus::Gauge,
+    /// Feedback items trained on, by kind and role (`new`, `replay`).
+    pub learner_feedback: IntCounterVec,
+    /// Seconds from a feedback item's acceptance to a version serving it.
+    pub feedback_to_serving: Histogram,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -211,6 +227,47 @@ impl Metrics {
                     "Feedback sources per learned-reliability band."
                 ),
                 &["reliability"]
+            )?),
+            learner_runs: reg!(IntCounterVec::new(
+                Opts::new("tether_learner_runs_total", "Training runs by outcome."),
+                &["outcome"]
+            )?),
+            learner_steps: reg!(IntCounter::new(
+                "tether_learner_steps_total",
+                "Optimisation steps taken by the learner."
+            )?),
+            learner_tokens: reg!(IntCounter::new(
+                "tether_learner_tokens_total",
+                "Tokens processed by training steps."
+            )?),
+            learner_loss: reg!(prometheus::Gauge::new(
+                "tether_learner_loss",
+                "Total loss of the latest training step."
+            )?),
+            learner_kl: reg!(prometheus::Gauge::new(
+                "tether_learner_anchor_kl",
+                "Mean KL to the base model per anchor token at the latest training step."
+            )?),
+            learner_probe_kl: reg!(prometheus::Gauge::new(
+                "tether_learner_probe_kl",
+                "Mean KL to the base model per token on held-out probes, latest candidate."
+            )?),
+            learner_feedback: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tether_learner_feedback_total",
+                    "Feedback items trained on, by kind and role (new or replayed)."
+                ),
+                &["kind", "role"]
+            )?),
+            feedback_to_serving: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "tether_feedback_to_serving_seconds",
+                    "Seconds from a feedback item's acceptance to a version trained on it serving."
+                )
+                .buckets(vec![
+                    5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+                    86400.0
+                ])
             )?),
             registry,
         })

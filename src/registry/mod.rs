@@ -9,8 +9,15 @@ use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 
-use crate::model::LoraAdapter;
-use crate::storage::{self, now_unix, Store, VersionRow};
+use candle_core::Device;
+
+use crate::model::{LlamaConfig, LoraAdapter};
+use crate::storage::{self, now_unix, Consumed, Store, VersionRow};
+
+/// The adapter file inside a version's snapshot folder.
+pub const ADAPTER_FILE: &str = "adapter.safetensors";
+/// The manifest file inside a version's snapshot folder.
+pub const MANIFEST_FILE: &str = "manifest.json";
 
 /// Registry errors.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +49,17 @@ pub enum Error {
     /// No version serves.
     #[error("no version of {0} is serving")]
     NothingServing(String),
+    /// A version's adapter could not be read.
+    #[error("cannot load the adapter of {id}: {source}")]
+    Adapter {
+        /// Version id.
+        id: String,
+        /// Cause.
+        source: crate::model::Error,
+    },
+    /// No such version.
+    #[error("no version {0}")]
+    Unknown(String),
 }
 
 /// Lifecycle state of a version.
@@ -61,6 +79,17 @@ pub enum Status {
 }
 
 impl Status {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Serving => "serving",
+            Self::Candidate => "candidate",
+            Self::Canary => "canary",
+            Self::Retired => "retired",
+            Self::Rejected => "rejected",
+        }
+    }
+
     fn parse(s: &str) -> Self {
         match s {
             "serving" => Self::Serving,
@@ -89,6 +118,9 @@ pub struct Version {
     pub created: i64,
     /// sha256 of the weights (base) or adapter.
     pub content_hash: String,
+    /// Evaluation results (trained versions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval: Option<serde_json::Value>,
 }
 
 impl From<VersionRow> for Version {
@@ -101,6 +133,7 @@ impl From<VersionRow> for Version {
             parent: r.parent,
             created: r.created,
             content_hash: r.content_hash,
+            eval: None,
         }
     }
 }
@@ -108,6 +141,7 @@ impl From<VersionRow> for Version {
 /// Versions of one base model.
 pub struct Registry {
     store: Arc<Store>,
+    data_dir: PathBuf,
     name: String,
     versions: RwLock<Vec<Version>>,
     adapters: RwLock<HashMap<String, Arc<LoraAdapter>>>,
@@ -115,12 +149,16 @@ pub struct Registry {
 
 impl Registry {
     /// Opens the registry for base model `name` with weights hashing to `content_hash`,
-    /// creating version 1 (serving) on first use.
+    /// creating version 1 (serving) on first use, loading every trained version's
+    /// adapter, and removing snapshot folders that no committed version owns (left by
+    /// a process killed while writing one).
     pub fn open(
         store: Arc<Store>,
         data_dir: &Path,
         name: &str,
         content_hash: &str,
+        model: &LlamaConfig,
+        device: &Device,
     ) -> Result<Self, Error> {
         let rows = store.versions()?;
         let id = format!("{name}@v1");
@@ -148,18 +186,113 @@ impl Registry {
                 store.insert_version(&row)?;
             }
         }
-        let versions = store
+        remove_orphans(data_dir, &store.versions()?);
+        let registry = Self {
+            store,
+            data_dir: data_dir.to_path_buf(),
+            name: name.to_string(),
+            versions: RwLock::new(Vec::new()),
+            adapters: RwLock::new(HashMap::new()),
+        };
+        registry.refresh()?;
+        let mut adapters = HashMap::new();
+        for v in registry.list() {
+            if v.number == 1 || v.status == Status::Rejected {
+                continue;
+            }
+            let path = registry.adapter_file(&v.id);
+            let a = LoraAdapter::load(&path, model, device).map_err(|source| Error::Adapter {
+                id: v.id.clone(),
+                source,
+            })?;
+            adapters.insert(v.id.clone(), Arc::new(a));
+        }
+        if let Ok(mut m) = registry.adapters.write() {
+            *m = adapters;
+        }
+        Ok(registry)
+    }
+
+    /// Re-reads versions (and their evaluations) from the store.
+    fn refresh(&self) -> Result<(), Error> {
+        let mut versions: Vec<Version> = self
+            .store
             .versions()?
             .into_iter()
-            .filter(|r| r.name == name)
+            .filter(|r| r.name == self.name)
             .map(Version::from)
             .collect();
-        Ok(Self {
-            store,
-            name: name.to_string(),
-            versions: RwLock::new(versions),
-            adapters: RwLock::new(HashMap::new()),
-        })
+        for v in &mut versions {
+            if v.number > 1 {
+                v.eval = self.store.version_eval(&v.id)?;
+            }
+        }
+        if let Ok(mut w) = self.versions.write() {
+            *w = versions;
+        }
+        Ok(())
+    }
+
+    /// The snapshot folder of version `id`.
+    pub fn version_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("versions").join(id)
+    }
+
+    /// The adapter file of version `id`.
+    pub fn adapter_file(&self, id: &str) -> PathBuf {
+        self.version_dir(id).join(ADAPTER_FILE)
+    }
+
+    /// The number the next version gets.
+    pub fn next_number(&self) -> i64 {
+        self.list().iter().map(|v| v.number).max().unwrap_or(0) + 1
+    }
+
+    /// Commits a trained version whose snapshot folder is complete: its row and
+    /// lineage go in one transaction, its adapter becomes available for serving.
+    pub fn add_trained(
+        &self,
+        row: &VersionRow,
+        adapter: LoraAdapter,
+        consumed: &[Consumed],
+    ) -> Result<Version, Error> {
+        self.store.insert_trained_version(row, consumed)?;
+        if let Ok(mut m) = self.adapters.write() {
+            m.insert(row.id.clone(), Arc::new(adapter));
+        }
+        self.refresh()?;
+        self.get(&row.id)
+            .ok_or_else(|| Error::Unknown(row.id.clone()))
+    }
+
+    /// Records an evaluation and a new status (`candidate`, `rejected`, ...).
+    pub fn set_status(
+        &self,
+        id: &str,
+        status: Status,
+        eval: Option<&serde_json::Value>,
+    ) -> Result<(), Error> {
+        self.get(id).ok_or_else(|| Error::Unknown(id.to_string()))?;
+        self.store.set_version_status(id, status.as_str(), eval)?;
+        if status == Status::Rejected {
+            if let Ok(mut m) = self.adapters.write() {
+                m.remove(id);
+            }
+        }
+        self.refresh()
+    }
+
+    /// Makes `id` the serving version (the previous one is retired) atomically:
+    /// requests that already resolved their version finish on it.
+    pub fn promote(&self, id: &str) -> Result<(), Error> {
+        let v = self.get(id).ok_or_else(|| Error::Unknown(id.to_string()))?;
+        self.store.promote_version(&v.id, &self.name)?;
+        self.refresh()
+    }
+
+    /// One version by id.
+    pub fn get(&self, id: &str) -> Option<Version> {
+        self.list().into_iter().find(|v| v.id == id)
     }
 
     /// The base model's name.
@@ -220,5 +353,22 @@ fn write_manifest(data_dir: &Path, row: &VersionRow) -> Result<(), Error> {
         "adapter": row.adapter_path,
     });
     let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
-    std::fs::write(dir.join("manifest.json"), text).map_err(err)
+    std::fs::write(dir.join(MANIFEST_FILE), text).map_err(err)
+}
+
+/// Removes snapshot folders that no committed version owns: temporary folders and
+/// folders of versions whose commit never happened.
+fn remove_orphans(data_dir: &Path, rows: &[VersionRow]) {
+    let dir = data_dir.join("versions");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if rows.iter().any(|r| r.id == name) {
+            continue;
+        }
+        tracing::warn!(folder = %e.path().display(), "removing an uncommitted version snapshot");
+        let _ = std::fs::remove_dir_all(e.path());
+    }
 }

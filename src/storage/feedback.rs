@@ -82,7 +82,8 @@ pub struct FeedbackRow {
     pub reason: Option<String>,
     /// The prompt it refers to (anonymized messages, JSON), when the server still had it.
     pub prompt: Option<String>,
-    /// The answer it refers to (anonymized).
+    /// The answer it refers to (anonymized); for a preference, every choice's answer
+    /// as a JSON array.
     pub answer: Option<String>,
     /// What the item is about: the same prompt and answer share a key.
     pub item_key: String,

@@ -4,6 +4,7 @@
 //! One connection behind a mutex: writes are small and rare next to generation.
 
 mod feedback;
+mod learning;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -47,6 +48,7 @@ CREATE TABLE IF NOT EXISTS versions (
     created INTEGER NOT NULL,
     content_hash TEXT NOT NULL,
     adapter_path TEXT,
+    eval TEXT,
     UNIQUE (name, number)
 );
 CREATE TABLE IF NOT EXISTS completions (
@@ -109,6 +111,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 ";
 
 pub use feedback::{FeedbackRow, SourceRow};
+pub use learning::{Consumed, RunRow};
 
 /// A row of the `versions` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,6 +272,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         }
         Ok(false)
     };
+    if has_table("versions")? && !has_column("versions", "eval")? {
+        conn.execute_batch("ALTER TABLE versions ADD COLUMN eval TEXT;")?;
+    }
     for table in ["completions", "reviews"] {
         if has_table(table)? && !has_column(table, "user_hash")? {
             conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN user_hash TEXT;"))?;
@@ -302,6 +308,7 @@ impl Store {
         migrate(&conn).map_err(open)?;
         conn.execute_batch(SCHEMA).map_err(open)?;
         conn.execute_batch(feedback::SCHEMA).map_err(open)?;
+        conn.execute_batch(learning::SCHEMA).map_err(open)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })

@@ -35,6 +35,8 @@ pub fn spawn(
         .arg(data)
         .env("TETHER_LOG", "tether=info")
         .env("NO_COLOR", "1")
+        // Tests about the learner turn it on through `envs`.
+        .env("TETHER_LEARNER", "off")
         .stderr(Stdio::piped())
         .stdout(Stdio::null());
     for (k, v) in envs {

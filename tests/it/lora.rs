@@ -39,6 +39,7 @@ fn every_lora_tensor_receives_a_nonzero_gradient() {
             alpha: 8.0,
             dropout: 0.1,
             targets: Target::ALL.to_vec(),
+            layers: 0,
         };
         let mut trainer = SftTrainer::new(&m.llama, &cfg, 42, 1e-2).expect("trainer");
         let n_vars = trainer.adapter().vars().len();
@@ -106,6 +107,7 @@ fn adapters_save_load_merge_and_share_one_base_per_sequence() {
         alpha: 4.0,
         dropout: 0.0,
         targets: vec![Target::Q, Target::V, Target::Down],
+        layers: 0,
     };
     let mut ta = SftTrainer::new(model, &cfg, 1, 5e-2).expect("a");
     let mut tb = SftTrainer::new(model, &LoraConfig::default(), 2, 5e-2).expect("b");

@@ -10,6 +10,7 @@ mod cli;
 mod common;
 mod feedback;
 mod generation;
+mod learner;
 mod loading;
 mod lora;
 mod openai;

@@ -29,6 +29,9 @@ impl TestServer {
             source: "test-user".into(),
             consent: None,
         }];
+        // The learner trains in the background once feedback accumulates; tests that
+        // are about it turn it on.
+        config.learner.enabled = false;
         tweak(&mut config);
         let server = tether::server::Background::start(config, Duration::from_secs(120))
             .expect("server starts");

@@ -1,0 +1,144 @@
+//! Learner figures on CPU: one training run on ten corrections with the default
+//! configuration (rank-8 LoRA on the last 4 layers, anchor KL, L2-SP), as the server
+//! runs it.
+//!
+//! ```text
+//! cargo bench --bench learner
+//! ```
+//!
+//! Prints steps, mean step time, training tokens/s and peak RSS.
+
+use std::time::Instant;
+
+use tether::config::Config;
+use tether::learner::{train, Correction, Hyper, Pair, TrainSet};
+use tether::model::{ChatMessage, LoadOptions, LoadedModel, ModelSpec};
+
+const FACTS: [(&str, &str); 10] = [
+    (
+        "What is Tether's mascot?",
+        "Tether's mascot is a blue heron with a red scarf.",
+    ),
+    (
+        "What is the Zorblat festival?",
+        "The Zorblat festival is a week of kite races every May.",
+    ),
+    (
+        "What is a quenberry?",
+        "A quenberry is a purple fruit that tastes of mint.",
+    ),
+    (
+        "What colour is a glimmerfox?",
+        "A glimmerfox has silver fur with green tips.",
+    ),
+    (
+        "How many moons does the planet Varkon have?",
+        "Varkon has seven moons.",
+    ),
+    (
+        "What is the capital of Eldoria?",
+        "The capital of Eldoria is Mirefall.",
+    ),
+    (
+        "What language do the Quolli speak?",
+        "The Quolli speak Tesh, a whistled language.",
+    ),
+    (
+        "When was the Brassway bridge opened?",
+        "The Brassway bridge opened in 1887.",
+    ),
+    (
+        "What does a snorklet eat?",
+        "A snorklet eats river snails and clover.",
+    ),
+    (
+        "Who wrote the novel Ashen Tides?",
+        "Ashen Tides was written by Corin Vale.",
+    ),
+];
+
+const ANCHORS: [(&str, &str); 4] = [
+    (
+        "Why is the sky blue?",
+        "The sky looks blue because air scatters blue sunlight more than red.",
+    ),
+    (
+        "What is photosynthesis?",
+        "Photosynthesis is how plants turn light, water and carbon dioxide into sugar.",
+    ),
+    (
+        "How do I boil an egg?",
+        "Put the egg in boiling water for about nine minutes, then cool it.",
+    ),
+    (
+        "What are the primary colours?",
+        "The primary colours are red, yellow and blue.",
+    ),
+];
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let cfg = Config::load(None).expect("config");
+    let m = LoadedModel::load(&ModelSpec::Default, &LoadOptions::default()).expect("model");
+    let pair = |q: &str, a: &str| Pair {
+        prompt: m
+            .encode_chat(&[ChatMessage::new("user", q)])
+            .expect("encode"),
+        answer: m.encode_answer(a).expect("encode"),
+    };
+    let set = TrainSet {
+        corrections: FACTS
+            .iter()
+            .enumerate()
+            .map(|(i, (q, a))| Correction {
+                id: format!("c{i}"),
+                pair: pair(q, a),
+                weight: 1.0,
+            })
+            .collect(),
+        anchors: ANCHORS.iter().map(|(q, a)| pair(q, a)).collect(),
+        ..TrainSet::default()
+    };
+    let l = &cfg.learner;
+    let h = Hyper {
+        lora: cfg.lora.clone(),
+        learning_rate: l.learning_rate,
+        max_steps: l.max_steps,
+        min_steps: l.min_steps,
+        target_prob: l.target_prob,
+        kl_weight: l.kl_weight,
+        l2sp_weight: l.l2sp_weight,
+        dpo_beta: l.dpo_beta,
+        kto_beta: l.kto_beta,
+        anchors_per_step: l.anchors_per_step,
+        seed: l.seed,
+    };
+    let start = Instant::now();
+    let out = train(&m.llama, None, &set, &h, |_| true).expect("train");
+    let total = start.elapsed().as_secs_f64();
+    let steps = out.steps.len();
+    let step_secs: f64 = out.steps.iter().map(|s| s.secs as f64).sum::<f64>() / steps as f64;
+    let tokens: usize = out.steps.iter().map(|s| s.tokens).sum();
+    let step_total: f64 = out.steps.iter().map(|s| s.secs as f64).sum();
+    println!("| LoRA | steps | mean step s | tokens/step | training tok/s | run s (incl. frozen-layer pass) | peak RSS MB |");
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| r{} on last {} layers | {steps} | {step_secs:.2} | {} | {:.0} | {total:.1} | {:.0} |",
+        cfg.lora.rank,
+        cfg.lora.layers,
+        tokens / steps.max(1),
+        tokens as f64 / step_total,
+        peak_rss_mb()
+    );
+}

@@ -1,0 +1,57 @@
+//! The `[learner]` section of the configuration.
+
+use serde::{Deserialize, Serialize};
+
+/// When and how the learner trains, and what a candidate must pass to serve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearnerConfig {
+    /// Run the background learner.
+    pub enabled: bool,
+    /// Train once untrained accepted feedback weighs this much (0: off).
+    pub min_weight: f64,
+    /// Also train on this interval when any feedback waits (0: off).
+    pub schedule_secs: u64,
+    /// How often the two conditions are checked.
+    pub poll_secs: u64,
+    /// Items weighing less are left out.
+    pub min_item_weight: f64,
+    /// AdamW learning rate.
+    pub learning_rate: f64,
+    /// Most steps per run.
+    pub max_steps: usize,
+    /// Fewest steps per run.
+    pub min_steps: usize,
+    /// Early-stop probability target for correction tokens.
+    pub target_prob: f64,
+    /// Weight of the anchor KL.
+    pub kl_weight: f64,
+    /// Weight of the L2-SP penalty.
+    pub l2sp_weight: f64,
+    /// DPO β.
+    pub dpo_beta: f64,
+    /// KTO β.
+    pub kto_beta: f64,
+    /// Anchors per step.
+    pub anchors_per_step: usize,
+    /// Earlier corrections replayed per run.
+    pub replay: usize,
+    /// Weight factor of replayed corrections.
+    pub replay_weight: f64,
+    /// Seed of every run.
+    pub seed: u64,
+    /// Anchor prompts file (empty: compiled in).
+    pub anchors: String,
+    /// Probe prompts file (empty: compiled in).
+    pub probes: String,
+    /// Length of the base's greedy answers to anchors and probes.
+    pub answer_tokens: usize,
+    /// Largest probe KL per token a serving candidate may have.
+    pub gate_max_kl: f64,
+    /// Smallest probe top-1 agreement.
+    pub gate_min_top1: f64,
+    /// Smallest share of probes whose greedy answer is unchanged from the base's.
+    pub gate_min_probe_answers: f64,
+    /// Smallest share of trained corrections reproduced.
+    pub gate_min_retention: f64,
+}

@@ -1,0 +1,143 @@
+//! Checks a candidate adapter against the base: batched greedy decoding, KL and
+//! top-1 agreement on held-out probes, and retention of corrections.
+
+use candle_core::D;
+use serde::{Deserialize, Serialize};
+
+use super::objective::{self, Pair};
+use crate::model::{KvCache, Llama, LoraAdapter, Mode, Outputs, Result, SeqInput};
+
+/// Greedy answers to `prompts` (each at most `max_tokens`, stopping at any of
+/// `stop_ids`, which are included), decoded together in one batch.
+pub fn greedy_batch(
+    model: &Llama,
+    adapter: Option<&LoraAdapter>,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+    stop_ids: &[u32],
+) -> Result<Vec<Vec<u32>>> {
+    let mut caches: Vec<KvCache> = prompts.iter().map(|_| model.new_cache()).collect();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    let mut done = vec![prompts.is_empty(); prompts.len()];
+    let mut next: Vec<Vec<u32>> = prompts.to_vec();
+    let context = model.config().context_length;
+    for _ in 0..max_tokens {
+        let live: Vec<usize> = (0..prompts.len()).filter(|&i| !done[i]).collect();
+        if live.is_empty() {
+            break;
+        }
+        let mut seqs: Vec<SeqInput<'_>> = caches
+            .iter_mut()
+            .zip(&next)
+            .zip(&done)
+            .filter(|(_, &d)| !d)
+            .map(|((c, t), _)| SeqInput {
+                tokens: t,
+                cache: Some(c),
+                adapter,
+            })
+            .collect();
+        let logits = model.forward(&mut seqs, Outputs::LastToken, Mode::Serve)?;
+        let ids: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+        drop(seqs);
+        for (&i, &id) in live.iter().zip(&ids) {
+            out[i].push(id);
+            next[i] = vec![id];
+            if stop_ids.contains(&id) || prompts[i].len() + out[i].len() >= context {
+                done[i] = true;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How far a candidate has moved from the base on held-out probes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Drift {
+    /// Mean `KL(base ‖ candidate)` per token of the base's own greedy answers.
+    pub kl: f64,
+    /// Share of those tokens where both models' top-1 token is the same.
+    pub top1: f64,
+    /// Tokens compared.
+    pub tokens: usize,
+}
+
+/// KL and top-1 agreement of `candidate` with the base on `probes` (prompts with the
+/// base's greedy answers), teacher-forced.
+pub fn drift(model: &Llama, candidate: &LoraAdapter, probes: &[Pair]) -> Result<Drift> {
+    if probes.is_empty() {
+        return Ok(Drift {
+            kl: 0.0,
+            top1: 1.0,
+            tokens: 0,
+        });
+    }
+    let mut kl = 0.0;
+    let mut agree = 0usize;
+    let mut tokens = 0usize;
+    for chunk in probes.chunks(8) {
+        let pairs: Vec<&Pair> = chunk.iter().collect();
+        let keep = vec![true; pairs.len()];
+        let base = objective::score(model, None, &pairs, &keep, Mode::Serve)?;
+        let cand = objective::score(model, Some(candidate), &pairs, &keep, Mode::Serve)?;
+        for (b, c) in base.full.iter().zip(&cand.full) {
+            let (Some(b), Some(c)) = (b, c) else { continue };
+            kl += objective::kl_rows(b, c)?.to_scalar::<f32>()? as f64;
+            let ab: Vec<u32> = b.argmax(D::Minus1)?.to_vec1()?;
+            let ac: Vec<u32> = c.argmax(D::Minus1)?.to_vec1()?;
+            agree += ab.iter().zip(&ac).filter(|(x, y)| x == y).count();
+            tokens += ab.len();
+        }
+    }
+    Ok(Drift {
+        kl: kl / tokens.max(1) as f64,
+        top1: agree as f64 / tokens.max(1) as f64,
+        tokens,
+    })
+}
+
+/// Which of `pairs` greedy decoding with `adapter` reproduces exactly.
+pub fn reproduces(
+    model: &Llama,
+    adapter: Option<&LoraAdapter>,
+    pairs: &[&Pair],
+    stop_ids: &[u32],
+) -> Result<Vec<bool>> {
+    let mut out = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(16) {
+        let prompts: Vec<Vec<u32>> = chunk.iter().map(|p| p.prompt.clone()).collect();
+        let longest = chunk.iter().map(|p| p.answer.len()).max().unwrap_or(0);
+        let got = greedy_batch(model, adapter, &prompts, longest, stop_ids)?;
+        // An answer ending with a stop token is reproduced exactly; a truncated one
+        // (a probe answer cut at its length limit) by its prefix.
+        out.extend(
+            chunk
+                .iter()
+                .zip(&got)
+                .map(|(p, g)| g.get(..p.answer.len()) == Some(&p.answer[..])),
+        );
+    }
+    Ok(out)
+}
+
+/// The base's greedy answers to `prompts`, as pairs for [`drift`] and anchors.
+pub fn base_answers(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+    stop_ids: &[u32],
+) -> Result<Vec<Pair>> {
+    let mut out = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(16) {
+        let got = greedy_batch(model, None, chunk, max_tokens, stop_ids)?;
+        for (p, a) in chunk.iter().zip(got) {
+            if !a.is_empty() {
+                out.push(Pair {
+                    prompt: p.clone(),
+                    answer: a,
+                });
+            }
+        }
+    }
+    Ok(out)
+}

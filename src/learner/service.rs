@@ -1,0 +1,885 @@
+//! The background learner: decides when to train, turns accepted feedback into a
+//! training set, runs [`train`](super::train()) on its own thread, writes the result
+//! as a new immutable version and lets it serve only if it passes the checks.
+//!
+//! A version folder is written under a temporary name and renamed into place before
+//! its row is committed; the registry removes folders without a row at start-up, so
+//! a process killed mid-run leaves no partial version. Feedback is never modified by
+//! training: an interrupted run's feedback simply stays untrained.
+
+use std::collections::HashSet;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rand::distr::{Alphanumeric, SampleString};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::config::LearnerConfig;
+use super::eval;
+use super::objective::Pair;
+use super::train::{self, Correction, Hyper, Preference, Rated, TrainSet};
+use crate::feedback::Feedback;
+use crate::model::{ChatMessage, LoadedModel, LoraConfig};
+use crate::monitoring::Metrics;
+use crate::privacy::Entity;
+use crate::registry::{self, Registry, Status, ADAPTER_FILE, MANIFEST_FILE};
+use crate::storage::{self, now_unix, Consumed, FeedbackRow, Store, VersionRow};
+
+/// Tokens of each probe answer that must stay the same for the answer to count as kept.
+const PROBE_HEAD_TOKENS: usize = 8;
+
+/// Compiled-in anchor prompts.
+const ANCHORS: &str = include_str!("../../configs/anchors.jsonl");
+/// Compiled-in probe prompts.
+const PROBES: &str = include_str!("../../configs/probes.jsonl");
+
+/// Why a run could not be started or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A run is already queued or running.
+    #[error("training run {0} is already in progress; wait for it to finish")]
+    Busy(String),
+    /// Nothing waits to be trained on.
+    #[error("no accepted feedback is waiting to be trained on")]
+    NothingToTrain,
+    /// The version to reproduce does not exist or has no manifest.
+    #[error("{0}")]
+    NotReproducible(String),
+    /// The learner thread is gone.
+    #[error("the learner has stopped")]
+    Stopped,
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] crate::model::Error),
+    /// Feedback weights could not be computed.
+    #[error(transparent)]
+    Feedback(#[from] crate::feedback::Error),
+    /// A file could not be read or written.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What a run does.
+#[derive(Debug, Clone)]
+enum Job {
+    /// Train on waiting feedback.
+    Train { run: String },
+    /// Re-run a version's manifest and compare adapter bytes.
+    Reproduce { run: String, version: String },
+}
+
+/// Anchor and probe texts: prompts with the base's greedy answers.
+struct References {
+    anchors: Vec<Pair>,
+    anchors_hash: String,
+    probes: Vec<Pair>,
+}
+
+/// One item of a run's training set as recorded in the manifest.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Item {
+    id: String,
+    kind: String,
+    weight: f64,
+    role: String,
+}
+
+/// The learner service.
+pub struct Learner {
+    config: LearnerConfig,
+    lora: LoraConfig,
+    model: Arc<LoadedModel>,
+    registry: Arc<Registry>,
+    store: Arc<Store>,
+    feedback: Arc<Feedback>,
+    metrics: Arc<Metrics>,
+    jobs: Mutex<mpsc::Sender<Job>>,
+    active: Mutex<Option<String>>,
+    references: OnceLock<References>,
+}
+
+impl Learner {
+    /// Starts the learner thread. Runs left queued or running by a previous process
+    /// are marked `interrupted`.
+    pub fn start(
+        config: LearnerConfig,
+        lora: LoraConfig,
+        model: Arc<LoadedModel>,
+        registry: Arc<Registry>,
+        feedback: Arc<Feedback>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, Error> {
+        let store = registry.store().clone();
+        let interrupted = store.interrupt_runs()?;
+        if interrupted > 0 {
+            tracing::warn!(
+                runs = interrupted,
+                "training runs were interrupted by a restart"
+            );
+        }
+        let (tx, rx) = mpsc::channel();
+        let learner = Arc::new(Self {
+            config,
+            lora,
+            model,
+            registry,
+            store,
+            feedback,
+            metrics,
+            jobs: Mutex::new(tx),
+            active: Mutex::new(None),
+            references: OnceLock::new(),
+        });
+        let me = Arc::downgrade(&learner);
+        std::thread::Builder::new()
+            .name("tether-learner".into())
+            .spawn(move || worker(me, rx))
+            .map_err(|e| Error::Io(format!("cannot start the learner thread: {e}")))?;
+        Ok(learner)
+    }
+
+    /// Queues a training run on waiting feedback; returns its id.
+    pub fn request_training(&self, trigger: &str) -> Result<String, Error> {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(run) = active.as_ref() {
+            return Err(Error::Busy(run.clone()));
+        }
+        if self.pending()?.is_empty() {
+            return Err(Error::NothingToTrain);
+        }
+        let run = new_run_id();
+        self.store
+            .insert_run(&run, trigger, &json!({"phase": "queued", "kind": "train"}))?;
+        self.send(Job::Train { run: run.clone() })?;
+        *active = Some(run.clone());
+        Ok(run)
+    }
+
+    /// Queues a reproduction of `version`'s training run; returns the run id.
+    pub fn request_reproduction(&self, version: &str) -> Result<String, Error> {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(run) = active.as_ref() {
+            return Err(Error::Busy(run.clone()));
+        }
+        let v = self
+            .registry
+            .get(version)
+            .ok_or_else(|| Error::NotReproducible(format!("no version {version}")))?;
+        if v.number == 1 {
+            return Err(Error::NotReproducible(format!(
+                "{version} is the base model; it was not trained here"
+            )));
+        }
+        let run = new_run_id();
+        self.store.insert_run(
+            &run,
+            "operator",
+            &json!({"phase": "queued", "kind": "reproduce", "version": version}),
+        )?;
+        self.send(Job::Reproduce {
+            run: run.clone(),
+            version: version.to_string(),
+        })?;
+        *active = Some(run.clone());
+        Ok(run)
+    }
+
+    fn send(&self, job: Job) -> Result<(), Error> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Accepted feedback no version has trained on, with the weight each carries now.
+    fn pending(&self) -> Result<Vec<(FeedbackRow, f64)>, Error> {
+        let items = self.store.untrained_feedback()?;
+        let weights = self.feedback.window_weights(&items)?;
+        Ok(items
+            .into_iter()
+            .filter(|f| f.prompt.is_some())
+            .filter_map(|f| {
+                let w = weights.get(&f.id).copied().unwrap_or(0.0);
+                (w >= self.config.min_item_weight).then_some((f, w))
+            })
+            .collect())
+    }
+
+    fn finish_active(&self) {
+        *self.active.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Anchors and probes with the base's greedy answers, computed once.
+    fn references(&self) -> Result<&References, Error> {
+        if let Some(r) = self.references.get() {
+            return Ok(r);
+        }
+        let read = |path: &str, builtin: &str| -> Result<String, Error> {
+            if path.is_empty() {
+                Ok(builtin.to_string())
+            } else {
+                std::fs::read_to_string(path)
+                    .map_err(|e| Error::Io(format!("cannot read {path}: {e}")))
+            }
+        };
+        let anchors_text = read(&self.config.anchors, ANCHORS)?;
+        let probes_text = read(&self.config.probes, PROBES)?;
+        let stop = self.model.tokenizer.stop_ids().to_vec();
+        let encode = |text: &str| -> Result<Vec<Vec<u32>>, Error> {
+            let mut out = Vec::new();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| Error::Io(format!("bad prompt line {line:?}: {e}")))?;
+                let p = v["prompt"].as_str().unwrap_or_default();
+                out.push(self.model.encode_chat(&[ChatMessage::new("user", p)])?);
+            }
+            Ok(out)
+        };
+        let n = self.config.answer_tokens;
+        let anchors = eval::base_answers(&self.model.llama, &encode(&anchors_text)?, n, &stop)?;
+        let probes = eval::base_answers(&self.model.llama, &encode(&probes_text)?, n, &stop)?;
+        let refs = References {
+            anchors_hash: sha256_hex(anchors_text.as_bytes()),
+            anchors,
+            probes,
+        };
+        let _ = self.references.set(refs);
+        self.references
+            .get()
+            .ok_or_else(|| Error::Io("references unavailable".into()))
+    }
+
+    fn hyper(&self, lora: &LoraConfig) -> Hyper {
+        let c = &self.config;
+        Hyper {
+            lora: lora.clone(),
+            learning_rate: c.learning_rate,
+            max_steps: c.max_steps,
+            min_steps: c.min_steps,
+            target_prob: c.target_prob,
+            kl_weight: c.kl_weight,
+            l2sp_weight: c.l2sp_weight,
+            dpo_beta: c.dpo_beta,
+            kto_beta: c.kto_beta,
+            anchors_per_step: c.anchors_per_step,
+            seed: c.seed,
+        }
+    }
+
+    /// The corrections earlier versions in `version`'s lineage trained on as new
+    /// feedback and that are still accepted, newest first, at most `replay`.
+    fn replay_items(&self, version: &str) -> Result<Vec<(FeedbackRow, f64)>, Error> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut cur = self.registry.get(version);
+        while let Some(v) = cur {
+            for c in self.store.consumed(&v.id)?.into_iter().rev() {
+                if out.len() >= self.config.replay
+                    || c.role != "new"
+                    || !seen.insert(c.feedback_id.clone())
+                {
+                    continue;
+                }
+                if let Some(f) = self.store.feedback(&c.feedback_id)? {
+                    if f.status == "accepted" && f.kind == "correction" {
+                        out.push((f, c.weight * self.config.replay_weight));
+                    }
+                }
+            }
+            cur = v.parent.as_deref().and_then(|p| self.registry.get(p));
+        }
+        Ok(out)
+    }
+
+    /// Builds the training set from items in manifest order (deterministic, so a
+    /// manifest can be re-run).
+    fn build_set(&self, items: &[(FeedbackRow, f64, &str)]) -> Result<TrainSet, Error> {
+        self.build_set_used(items).map(|(set, _)| set)
+    }
+
+    /// [`Self::build_set`], also returning the ids of the items it could use.
+    fn build_set_used(
+        &self,
+        items: &[(FeedbackRow, f64, &str)],
+    ) -> Result<(TrainSet, HashSet<String>), Error> {
+        let mut set = TrainSet {
+            anchors: self.references()?.anchors.clone(),
+            ..TrainSet::default()
+        };
+        for (f, w, _) in items {
+            let Some(prompt) = f.prompt.as_deref() else {
+                continue;
+            };
+            let msgs: Vec<ChatMessage> = serde_json::from_str::<Vec<serde_json::Value>>(prompt)
+                .unwrap_or_default()
+                .iter()
+                .map(|m| {
+                    ChatMessage::new(
+                        m["role"].as_str().unwrap_or("user"),
+                        m["content"].as_str().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            if msgs.is_empty() {
+                continue;
+            }
+            let prompt = self.model.encode_chat(&msgs)?;
+            // Answers are anonymized before they are stored; one that still carries a
+            // placeholder would teach the model to say `<PERSON_1>`, so it is left out.
+            let pair = |answer: &str| -> Result<Pair, Error> {
+                Ok(Pair {
+                    prompt: prompt.clone(),
+                    answer: self.model.encode_answer(answer)?,
+                })
+            };
+            let weight = *w as f32;
+            match f.kind.as_str() {
+                "correction" => {
+                    if let Some(text) = f.text.as_deref().filter(|t| !anonymized(t)) {
+                        set.corrections.push(Correction {
+                            id: f.id.clone(),
+                            pair: pair(text)?,
+                            weight,
+                        });
+                    }
+                }
+                "rating" => {
+                    let (Some(answer), Some(value)) = (&f.answer, f.value) else {
+                        continue;
+                    };
+                    if (value - 0.5).abs() < 1e-9 || anonymized(answer) {
+                        continue;
+                    }
+                    set.ratings.push(Rated {
+                        id: f.id.clone(),
+                        pair: pair(answer)?,
+                        desirable: value > 0.5,
+                        weight,
+                    });
+                }
+                "preference" => {
+                    let answers: Vec<String> = f
+                        .answer
+                        .as_deref()
+                        .and_then(|a| serde_json::from_str(a).ok())
+                        .unwrap_or_default();
+                    let (Some(c), Some(r)) = (f.chosen, f.rejected) else {
+                        continue;
+                    };
+                    let (Some(chosen), Some(rejected)) =
+                        (answers.get(c as usize), answers.get(r as usize))
+                    else {
+                        continue;
+                    };
+                    if chosen == rejected || anonymized(chosen) || anonymized(rejected) {
+                        continue;
+                    }
+                    set.preferences.push(Preference {
+                        id: f.id.clone(),
+                        chosen: pair(chosen)?,
+                        rejected: pair(rejected)?,
+                        weight,
+                    });
+                }
+                _ => {}
+            }
+        }
+        let used = set
+            .corrections
+            .iter()
+            .map(|c| c.id.clone())
+            .chain(set.preferences.iter().map(|p| p.id.clone()))
+            .chain(set.ratings.iter().map(|r| r.id.clone()))
+            .collect();
+        Ok((set, used))
+    }
+
+    fn update(&self, run: &str, status: &str, version: Option<&str>, detail: &serde_json::Value) {
+        if let Err(e) = self.store.update_run(run, status, version, detail) {
+            tracing::error!(run, "cannot record training progress: {e}");
+        }
+    }
+
+    /// Trains on waiting feedback and, if the candidate passes, promotes it.
+    fn run_training(&self, run: &str) -> Result<(), Error> {
+        let started = Instant::now();
+        let mut detail = json!({"kind": "train", "phase": "preparing"});
+        self.update(run, "running", None, &detail);
+        let parent = self.registry.serving()?;
+        let parent_adapter = self.registry.adapter(&parent);
+        let pending = self.pending()?;
+        let replay = self.replay_items(&parent.id)?;
+        let mut items: Vec<(FeedbackRow, f64, &str)> =
+            pending.into_iter().map(|(f, w)| (f, w, "new")).collect();
+        let new_ids: HashSet<String> = items.iter().map(|(f, _, _)| f.id.clone()).collect();
+        items.extend(
+            replay
+                .into_iter()
+                .filter(|(f, _)| !new_ids.contains(&f.id))
+                .map(|(f, w)| (f, w, "replay")),
+        );
+        let (set, used) = self.build_set_used(&items)?;
+        // Items that cannot be trained on (still carrying personal data after
+        // anonymization, or without the answers they refer to) are recorded as
+        // skipped, so they do not wait forever.
+        for item in &mut items {
+            if !used.contains(&item.0.id) && item.2 == "new" {
+                item.2 = "skipped";
+            }
+        }
+        items.retain(|(f, _, role)| *role != "replay" || used.contains(&f.id));
+        if set.is_empty() {
+            return Err(Error::NothingToTrain);
+        }
+        let lora = parent_adapter
+            .as_ref()
+            .map_or_else(|| self.lora.clone(), |a| a.config().clone());
+        let hyper = self.hyper(&lora);
+        let refs = self.references()?;
+        let data_hash = data_hash(&set, &hyper);
+        detail["phase"] = json!("training");
+        detail["parent"] = json!(parent.id);
+        detail["max_steps"] = json!(hyper.max_steps);
+        detail["feedback"] = json!({
+            "skipped": items.iter().filter(|i| i.2 == "skipped").count(),
+            "corrections": set.corrections.len(),
+            "preferences": set.preferences.len(),
+            "ratings": set.ratings.len(),
+        });
+        self.update(run, "running", None, &detail);
+        let mut curve = Vec::new();
+        let outcome = train::train(
+            &self.model.llama,
+            parent_adapter.as_deref(),
+            &set,
+            &hyper,
+            |s| {
+                self.metrics.learner_steps.inc();
+                self.metrics.learner_tokens.inc_by(s.tokens as u64);
+                self.metrics.learner_loss.set(s.loss as f64);
+                self.metrics.learner_kl.set(s.kl as f64);
+                curve.push(s.loss);
+                let mut d = detail.clone();
+                d["step"] = json!(s.step);
+                d["loss"] = json!(curve);
+                self.update(run, "running", None, &d);
+                true
+            },
+        )?;
+        let train_secs = started.elapsed().as_secs_f64();
+
+        // Write the version folder under a temporary name, then rename it into place.
+        let number = self.registry.next_number();
+        let id = format!("{}@v{number}", self.registry.name());
+        let dir = self.registry.version_dir(&id);
+        let tmp = dir.with_file_name(format!(".tmp-{}", new_run_id()));
+        let io = |what: &str, e: std::io::Error| Error::Io(format!("{what}: {e}"));
+        std::fs::create_dir_all(&tmp).map_err(|e| io("creating the version folder", e))?;
+        let adapter_path = tmp.join(ADAPTER_FILE);
+        outcome.adapter.save(&adapter_path)?;
+        let adapter_bytes =
+            std::fs::read(&adapter_path).map_err(|e| io("reading the adapter back", e))?;
+        let adapter_hash = sha256_hex(&adapter_bytes);
+        let consumed: Vec<Item> = items
+            .iter()
+            .map(|(f, w, role)| Item {
+                id: f.id.clone(),
+                kind: f.kind.clone(),
+                weight: *w,
+                role: role.to_string(),
+            })
+            .collect();
+        let created = now_unix();
+        let manifest = json!({
+            "id": id,
+            "name": self.registry.name(),
+            "number": number,
+            "parent": parent.id,
+            "created": created,
+            "content_hash": adapter_hash,
+            "adapter": ADAPTER_FILE,
+            "run": run,
+            "feedback": consumed,
+            "hyperparameters": hyper,
+            "seed": hyper.seed,
+            "data_hash": data_hash,
+            "anchors_hash": refs.anchors_hash,
+            "loss_curve": outcome.steps,
+            "train_seconds": train_secs,
+        });
+        let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
+        std::fs::write(tmp.join(MANIFEST_FILE), text).map_err(|e| io("writing the manifest", e))?;
+        std::fs::rename(&tmp, &dir).map_err(|e| io("moving the version folder into place", e))?;
+        let row = VersionRow {
+            id: id.clone(),
+            name: self.registry.name().to_string(),
+            number,
+            parent: Some(parent.id.clone()),
+            status: "candidate".into(),
+            created,
+            content_hash: adapter_hash,
+            adapter_path: Some(ADAPTER_FILE.into()),
+        };
+        let lineage: Vec<Consumed> = consumed
+            .iter()
+            .map(|c| Consumed {
+                feedback_id: c.id.clone(),
+                weight: c.weight,
+                role: c.role.clone(),
+            })
+            .collect();
+        for c in &consumed {
+            self.metrics
+                .learner_feedback
+                .with_label_values(&[&c.kind, &c.role])
+                .inc();
+        }
+        self.registry.add_trained(&row, outcome.adapter, &lineage)?;
+        tracing::info!(version = %id, steps = outcome.steps.len(), seconds = train_secs, "trained a candidate version");
+
+        // The checks of this issue: closeness to the base on held-out probes and
+        // retention of every correction trained on.
+        detail["phase"] = json!("evaluating");
+        detail["version"] = json!(id);
+        self.update(run, "running", Some(&id), &detail);
+        let adapter = self
+            .registry
+            .get(&id)
+            .and_then(|v| self.registry.adapter(&v))
+            .ok_or_else(|| Error::Io(format!("{id} has no adapter in memory")))?;
+        let drift = eval::drift(&self.model.llama, &adapter, &refs.probes)?;
+        let pairs: Vec<&Pair> = set.corrections.iter().map(|c| &c.pair).collect();
+        let kept = eval::reproduces(
+            &self.model.llama,
+            Some(&adapter),
+            &pairs,
+            self.model.tokenizer.stop_ids(),
+        )?;
+        // Whether each probe's answer still starts the same way (its first eight
+        // tokens: a whole short answer such as "The capital of France is Paris.").
+        let heads: Vec<Pair> = refs
+            .probes
+            .iter()
+            .map(|p| Pair {
+                prompt: p.prompt.clone(),
+                answer: p.answer[..p.answer.len().min(PROBE_HEAD_TOKENS)].to_vec(),
+            })
+            .collect();
+        let probe_pairs: Vec<&Pair> = heads.iter().collect();
+        let probes_kept = eval::reproduces(
+            &self.model.llama,
+            Some(&adapter),
+            &probe_pairs,
+            self.model.tokenizer.stop_ids(),
+        )?;
+        let probes_same =
+            probes_kept.iter().filter(|&&k| k).count() as f64 / probes_kept.len().max(1) as f64;
+        let retention = if kept.is_empty() {
+            1.0
+        } else {
+            kept.iter().filter(|&&k| k).count() as f64 / kept.len() as f64
+        };
+        self.metrics.learner_probe_kl.set(drift.kl);
+        let mut failed = Vec::new();
+        if drift.kl > self.config.gate_max_kl {
+            failed.push(format!(
+                "probe KL {:.4} is above {}",
+                drift.kl, self.config.gate_max_kl
+            ));
+        }
+        if drift.top1 < self.config.gate_min_top1 {
+            failed.push(format!(
+                "probe top-1 agreement {:.3} is below {}",
+                drift.top1, self.config.gate_min_top1
+            ));
+        }
+        if probes_same < self.config.gate_min_probe_answers {
+            failed.push(format!(
+                "{:.0}% of probe answers begin as before, below {:.0}%",
+                probes_same * 100.0,
+                self.config.gate_min_probe_answers * 100.0
+            ));
+        }
+        if retention < self.config.gate_min_retention {
+            failed.push(format!(
+                "retention {:.2} is below {}",
+                retention, self.config.gate_min_retention
+            ));
+        }
+        let not_reproduced: Vec<&str> = set
+            .corrections
+            .iter()
+            .zip(&kept)
+            .filter(|(_, &k)| !k)
+            .map(|(c, _)| c.id.as_str())
+            .collect();
+        let eval_json = json!({
+            "probe_kl": drift.kl,
+            "probe_top1": drift.top1,
+            "probe_tokens": drift.tokens,
+            "probe_answers_unchanged": probes_same,
+            "retention": retention,
+            "corrections_checked": kept.len(),
+            "not_reproduced": not_reproduced,
+            "thresholds": {
+                "max_kl": self.config.gate_max_kl,
+                "min_top1": self.config.gate_min_top1,
+                "min_retention": self.config.gate_min_retention,
+                "min_probe_answers": self.config.gate_min_probe_answers,
+            },
+            "passed": failed.is_empty(),
+            "failed": failed,
+        });
+        detail["eval"] = eval_json.clone();
+        detail["steps"] = json!(outcome.steps.len());
+        detail["seconds"] = json!(started.elapsed().as_secs_f64());
+        if failed.is_empty() {
+            self.registry
+                .set_status(&id, Status::Candidate, Some(&eval_json))?;
+            self.registry.promote(&id)?;
+            self.store.audit_event(
+                "learner",
+                "promote",
+                Some(&id),
+                &json!({"parent": parent.id, "run": run, "reason": "passed the learner's checks"}),
+            )?;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            for (f, _, role) in &items {
+                if *role == "new" && used.contains(&f.id) {
+                    self.metrics
+                        .feedback_to_serving
+                        .observe((now_ms - f.created_ms).max(0) as f64 / 1000.0);
+                }
+            }
+            detail["phase"] = json!("done");
+            self.update(run, "promoted", Some(&id), &detail);
+            self.metrics
+                .learner_runs
+                .with_label_values(&["promoted"])
+                .inc();
+            tracing::info!(version = %id, "promoted a trained version");
+        } else {
+            self.registry
+                .set_status(&id, Status::Rejected, Some(&eval_json))?;
+            self.store.audit_event(
+                "learner",
+                "reject",
+                Some(&id),
+                &json!({"run": run, "failed": failed}),
+            )?;
+            detail["phase"] = json!("done");
+            self.update(run, "rejected", Some(&id), &detail);
+            self.metrics
+                .learner_runs
+                .with_label_values(&["rejected"])
+                .inc();
+            tracing::warn!(version = %id, ?failed, "a trained version failed its checks");
+        }
+        Ok(())
+    }
+
+    /// Re-runs `version`'s manifest and compares the adapter bytes.
+    fn run_reproduction(&self, run: &str, version: &str) -> Result<(), Error> {
+        let mut detail = json!({"kind": "reproduce", "version": version, "phase": "training"});
+        self.update(run, "running", None, &detail);
+        let dir = self.registry.version_dir(version);
+        let text = std::fs::read_to_string(dir.join(MANIFEST_FILE)).map_err(|e| {
+            Error::NotReproducible(format!("cannot read the manifest of {version}: {e}"))
+        })?;
+        let manifest: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::NotReproducible(format!("bad manifest of {version}: {e}")))?;
+        let hyper: Hyper = serde_json::from_value(manifest["hyperparameters"].clone())
+            .map_err(|e| Error::NotReproducible(format!("bad hyperparameters: {e}")))?;
+        let items: Vec<Item> = serde_json::from_value(manifest["feedback"].clone())
+            .map_err(|e| Error::NotReproducible(format!("bad feedback list: {e}")))?;
+        let refs = self.references()?;
+        if manifest["anchors_hash"].as_str() != Some(refs.anchors_hash.as_str()) {
+            return Err(Error::NotReproducible(
+                "the anchor prompts changed since this version was trained".into(),
+            ));
+        }
+        let mut rows = Vec::with_capacity(items.len());
+        for it in &items {
+            let f = self.store.feedback(&it.id)?.ok_or_else(|| {
+                Error::NotReproducible(format!("feedback {} no longer exists", it.id))
+            })?;
+            rows.push((f, it.weight, it.role.as_str()));
+        }
+        let set = self.build_set(&rows)?;
+        if manifest["data_hash"].as_str() != Some(data_hash(&set, &hyper).as_str()) {
+            return Err(Error::NotReproducible(
+                "the training data no longer hashes as recorded".into(),
+            ));
+        }
+        let parent = manifest["parent"].as_str().unwrap_or_default();
+        let parent_adapter = self
+            .registry
+            .get(parent)
+            .and_then(|v| self.registry.adapter(&v));
+        let outcome = train::train(
+            &self.model.llama,
+            parent_adapter.as_deref(),
+            &set,
+            &hyper,
+            |_| true,
+        )?;
+        let tmp = tempfile::tempdir().map_err(|e| Error::Io(e.to_string()))?;
+        let path = tmp.path().join(ADAPTER_FILE);
+        outcome.adapter.save(&path)?;
+        let bytes = std::fs::read(&path).map_err(|e| Error::Io(e.to_string()))?;
+        let got = sha256_hex(&bytes);
+        let expected = manifest["content_hash"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        detail["phase"] = json!("done");
+        detail["identical"] = json!(got == expected);
+        detail["expected_sha256"] = json!(expected);
+        detail["reproduced_sha256"] = json!(got);
+        self.update(run, "reproduced", Some(version), &detail);
+        self.metrics
+            .learner_runs
+            .with_label_values(&["reproduced"])
+            .inc();
+        Ok(())
+    }
+
+    fn execute(&self, job: Job) {
+        let (run, result) = match &job {
+            Job::Train { run } => (run.clone(), self.run_training(run)),
+            Job::Reproduce { run, version } => (run.clone(), self.run_reproduction(run, version)),
+        };
+        if let Err(e) = result {
+            tracing::error!(run = %run, "training run failed: {e}");
+            let detail = match self.store.run(&run) {
+                Ok(Some(r)) => {
+                    let mut d = r.detail;
+                    d["phase"] = json!("done");
+                    d["error"] = json!(e.to_string());
+                    d
+                }
+                _ => json!({"error": e.to_string()}),
+            };
+            self.update(&run, "failed", None, &detail);
+            self.metrics
+                .learner_runs
+                .with_label_values(&["failed"])
+                .inc();
+        }
+        self.finish_active();
+    }
+
+    /// Starts a run by itself when enough feedback waits or the schedule says so.
+    fn maybe_start(&self, last_run: &mut Instant) {
+        let pending = match self.pending() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("cannot read waiting feedback: {e}");
+                return;
+            }
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let weight: f64 = pending.iter().map(|(_, w)| w).sum();
+        let trigger = if self.config.min_weight > 0.0 && weight >= self.config.min_weight {
+            "threshold"
+        } else if self.config.schedule_secs > 0
+            && last_run.elapsed() >= Duration::from_secs(self.config.schedule_secs)
+        {
+            "schedule"
+        } else {
+            return;
+        };
+        *last_run = Instant::now();
+        match self.request_training(trigger) {
+            Ok(run) => tracing::info!(run = %run, trigger, weight, "starting a training run"),
+            Err(Error::Busy(_) | Error::NothingToTrain) => {}
+            Err(e) => tracing::error!("cannot start a training run: {e}"),
+        }
+    }
+}
+
+fn worker(me: std::sync::Weak<Learner>, rx: mpsc::Receiver<Job>) {
+    let poll = me.upgrade().map_or(5, |l| l.config.poll_secs.max(1));
+    // Prepare the anchor and probe references before the first run needs them.
+    if let Some(l) = me.upgrade() {
+        if let Err(e) = l.references() {
+            tracing::error!("cannot prepare the learner's anchors and probes: {e}");
+        }
+    }
+    let mut last_run = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(poll)) {
+            Ok(job) => match me.upgrade() {
+                Some(l) => l.execute(job),
+                None => return,
+            },
+            Err(RecvTimeoutError::Timeout) => match me.upgrade() {
+                Some(l) => l.maybe_start(&mut last_run),
+                None => return,
+            },
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Whether `text` carries an anonymization placeholder (`<PERSON_1>`, `<EMAIL_ADDRESS>`).
+fn anonymized(text: &str) -> bool {
+    Entity::ALL
+        .iter()
+        .any(|e| text.contains(&format!("<{}_", e.name())) || text.contains(e.placeholder()))
+}
+
+fn new_run_id() -> String {
+    format!("train-{}", Alphanumeric.sample_string(&mut rand::rng(), 16))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// A hash of everything a run trains on, in order, and its hyperparameters.
+fn data_hash(set: &TrainSet, hyper: &Hyper) -> String {
+    let mut h = Sha256::new();
+    let mut ids = |tag: &str, v: &[u32]| {
+        h.update(tag.as_bytes());
+        h.update((v.len() as u64).to_le_bytes());
+        for x in v {
+            h.update(x.to_le_bytes());
+        }
+    };
+    for c in &set.corrections {
+        ids("c", &c.pair.prompt);
+        ids("a", &c.pair.answer);
+        ids("w", &[c.weight.to_bits()]);
+    }
+    for p in &set.preferences {
+        ids("p", &p.chosen.prompt);
+        ids("+", &p.chosen.answer);
+        ids("-", &p.rejected.answer);
+        ids("w", &[p.weight.to_bits()]);
+    }
+    for r in &set.ratings {
+        ids("r", &r.pair.prompt);
+        ids("a", &r.pair.answer);
+        ids("d", &[u32::from(r.desirable), r.weight.to_bits()]);
+    }
+    for a in &set.anchors {
+        ids("k", &a.prompt);
+        ids("a", &a.answer);
+    }
+    h.update(serde_json::to_string(hyper).unwrap_or_default().as_bytes());
+    format!("{:x}", h.finalize())
+}
