@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use tether::config::Config;
-use tether::learner::{train, Correction, Hyper, Pair, TrainSet};
+use tether::learner::{train, Correction, Pair, TrainSet};
 use tether::model::{ChatMessage, LoadOptions, LoadedModel, ModelSpec};
 
 const FACTS: [(&str, &str); 10] = [
@@ -110,20 +110,7 @@ fn main() {
         anchors: ANCHORS.iter().map(|(q, a)| pair(q, a)).collect(),
         ..TrainSet::default()
     };
-    let l = &cfg.learner;
-    let h = Hyper {
-        lora: cfg.lora.clone(),
-        learning_rate: l.learning_rate,
-        max_steps: l.max_steps,
-        min_steps: l.min_steps,
-        target_prob: l.target_prob,
-        kl_weight: l.kl_weight,
-        l2sp_weight: l.l2sp_weight,
-        dpo_beta: l.dpo_beta,
-        kto_beta: l.kto_beta,
-        anchors_per_step: l.anchors_per_step,
-        seed: l.seed,
-    };
+    let h = cfg.learner.hyper(&cfg.lora);
     let start = Instant::now();
     let out = train(&m.llama, None, &set, &h, |_| true).expect("train");
     let total = start.elapsed().as_secs_f64();

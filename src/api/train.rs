@@ -57,15 +57,15 @@ pub async fn start(
             ApiError::invalid(None, "body must be empty or {\"reproduce\": \"NAME@vN\"}")
         })?
     };
-    let id = match req.reproduce {
-        Some(v) => learner.request_reproduction(&v).map_err(error)?,
+    let id = match &req.reproduce {
+        Some(v) => learner.request_reproduction(v).map_err(error)?,
         None => learner.request_training("operator").map_err(error)?,
     };
     let _ = st.store.audit_event(
         "operator",
         "train",
         Some(&id),
-        &json!({"reproduce": st.store.run(&id).ok().flatten().map(|r| r.detail["version"].clone())}),
+        &json!({"reproduce": req.reproduce}),
     );
     Ok((
         StatusCode::ACCEPTED,

@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::train::Hyper;
+use crate::model::LoraConfig;
+
 /// When and how the learner trains, and what a candidate must pass to serve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,4 +57,23 @@ pub struct LearnerConfig {
     pub gate_min_probe_answers: f64,
     /// Smallest share of trained corrections reproduced.
     pub gate_min_retention: f64,
+}
+
+impl LearnerConfig {
+    /// The hyperparameters of a run with adapter shape `lora`.
+    pub fn hyper(&self, lora: &LoraConfig) -> Hyper {
+        Hyper {
+            lora: lora.clone(),
+            learning_rate: self.learning_rate,
+            max_steps: self.max_steps,
+            min_steps: self.min_steps,
+            target_prob: self.target_prob,
+            kl_weight: self.kl_weight,
+            l2sp_weight: self.l2sp_weight,
+            dpo_beta: self.dpo_beta,
+            kto_beta: self.kto_beta,
+            anchors_per_step: self.anchors_per_step,
+            seed: self.seed,
+        }
+    }
 }

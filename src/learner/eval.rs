@@ -18,7 +18,7 @@ pub fn greedy_batch(
 ) -> Result<Vec<Vec<u32>>> {
     let mut caches: Vec<KvCache> = prompts.iter().map(|_| model.new_cache()).collect();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
-    let mut done = vec![prompts.is_empty(); prompts.len()];
+    let mut done = vec![false; prompts.len()];
     let mut next: Vec<Vec<u32>> = prompts.to_vec();
     let context = model.config().context_length;
     for _ in 0..max_tokens {

@@ -258,23 +258,6 @@ impl Learner {
             .ok_or_else(|| Error::Io("references unavailable".into()))
     }
 
-    fn hyper(&self, lora: &LoraConfig) -> Hyper {
-        let c = &self.config;
-        Hyper {
-            lora: lora.clone(),
-            learning_rate: c.learning_rate,
-            max_steps: c.max_steps,
-            min_steps: c.min_steps,
-            target_prob: c.target_prob,
-            kl_weight: c.kl_weight,
-            l2sp_weight: c.l2sp_weight,
-            dpo_beta: c.dpo_beta,
-            kto_beta: c.kto_beta,
-            anchors_per_step: c.anchors_per_step,
-            seed: c.seed,
-        }
-    }
-
     /// The corrections earlier versions in `version`'s lineage trained on as new
     /// feedback and that are still accepted, newest first, at most `replay`.
     fn replay_items(&self, version: &str) -> Result<Vec<(FeedbackRow, f64)>, Error> {
@@ -302,12 +285,9 @@ impl Learner {
 
     /// Builds the training set from items in manifest order (deterministic, so a
     /// manifest can be re-run).
-    fn build_set(&self, items: &[(FeedbackRow, f64, &str)]) -> Result<TrainSet, Error> {
-        self.build_set_used(items).map(|(set, _)| set)
-    }
-
-    /// [`Self::build_set`], also returning the ids of the items it could use.
-    fn build_set_used(
+    /// Builds the training set from items in manifest order (deterministic, so a
+    /// manifest can be re-run), with the ids of the items it could use.
+    fn build_set(
         &self,
         items: &[(FeedbackRow, f64, &str)],
     ) -> Result<(TrainSet, HashSet<String>), Error> {
@@ -427,7 +407,7 @@ impl Learner {
                 .filter(|(f, _)| !new_ids.contains(&f.id))
                 .map(|(f, w)| (f, w, "replay")),
         );
-        let (set, used) = self.build_set_used(&items)?;
+        let (set, used) = self.build_set(&items)?;
         // Items that cannot be trained on (still carrying personal data after
         // anonymization, or without the answers they refer to) are recorded as
         // skipped, so they do not wait forever.
@@ -443,7 +423,7 @@ impl Learner {
         let lora = parent_adapter
             .as_ref()
             .map_or_else(|| self.lora.clone(), |a| a.config().clone());
-        let hyper = self.hyper(&lora);
+        let hyper = self.config.hyper(&lora);
         let refs = self.references()?;
         let data_hash = data_hash(&set, &hyper);
         detail["phase"] = json!("training");
@@ -716,7 +696,7 @@ impl Learner {
             })?;
             rows.push((f, it.weight, it.role.as_str()));
         }
-        let set = self.build_set(&rows)?;
+        let (set, _) = self.build_set(&rows)?;
         if manifest["data_hash"].as_str() != Some(data_hash(&set, &hyper).as_str()) {
             return Err(Error::NotReproducible(
                 "the training data no longer hashes as recorded".into(),

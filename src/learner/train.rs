@@ -162,18 +162,23 @@ pub fn train(
     )?;
     let dropout = objective::dropout(adapter.config().dropout, h.seed);
 
+    // Every feedback text in the order the loss reads them: corrections, then each
+    // preference's chosen and rejected answers, then rated answers.
+    let nc = set.corrections.len();
+    let mut feedback: Vec<&Pair> = set.corrections.iter().map(|c| &c.pair).collect();
+    for p in &set.preferences {
+        feedback.push(&p.chosen);
+        feedback.push(&p.rejected);
+    }
+    feedback.extend(set.ratings.iter().map(|r| &r.pair));
+
     // Fixed references: the parent's scores of preference and rating answers (DPO,
     // KTO) and the base's distributions on the anchors (KL).
-    let mut ref_pairs: Vec<&Pair> = Vec::new();
-    for p in &set.preferences {
-        ref_pairs.push(&p.chosen);
-        ref_pairs.push(&p.rejected);
-    }
-    ref_pairs.extend(set.ratings.iter().map(|r| &r.pair));
+    let ref_pairs = &feedback[nc..];
     let reference: Vec<f32> = if ref_pairs.is_empty() {
         Vec::new()
     } else {
-        objective::score(model, parent, &ref_pairs, &[], Mode::Serve)?
+        objective::score(model, parent, ref_pairs, &[], Mode::Serve)?
             .scores
             .iter()
             .map(|s| s.logp)
@@ -194,13 +199,7 @@ pub fn train(
     // Below the first adapted layer the activations of every training text are the
     // same at every step: compute them once.
     let layer = adapter.first_layer();
-    let mut all: Vec<&Pair> = set.corrections.iter().map(|c| &c.pair).collect();
-    for p in &set.preferences {
-        all.push(&p.chosen);
-        all.push(&p.rejected);
-    }
-    all.extend(set.ratings.iter().map(|r| &r.pair));
-    let feedback_hidden = objective::hidden_before(model, &all, layer)?;
+    let feedback_hidden = objective::hidden_before(model, &feedback, layer)?;
     let anchor_hidden = if anchor_refs.is_empty() {
         Vec::new()
     } else {
@@ -208,7 +207,6 @@ pub fn train(
         objective::hidden_before(model, &pairs, layer)?
     };
 
-    let nc = set.corrections.len();
     let np = set.preferences.len();
     let nr = set.ratings.len();
     let w_sum = |w: &mut dyn Iterator<Item = f32>| w.map(|x| x.max(0.0)).sum::<f32>().max(1e-9);
@@ -219,7 +217,6 @@ pub fn train(
     let vec_t = |v: Vec<f32>| Tensor::from_vec(v.clone(), v.len(), &dev);
 
     let mut logs = Vec::new();
-    let mut calm = 0usize;
     for step in 0..h.max_steps {
         let t0 = std::time::Instant::now();
         let anchors: Vec<usize> = if anchor_refs.is_empty() {
@@ -228,12 +225,7 @@ pub fn train(
             let k = h.anchors_per_step.min(set.anchors.len());
             (0..k).map(|i| (step * k + i) % set.anchors.len()).collect()
         };
-        let mut pairs: Vec<&Pair> = set.corrections.iter().map(|c| &c.pair).collect();
-        for p in &set.preferences {
-            pairs.push(&p.chosen);
-            pairs.push(&p.rejected);
-        }
-        pairs.extend(set.ratings.iter().map(|r| &r.pair));
+        let mut pairs = feedback.clone();
         let first_anchor = pairs.len();
         pairs.extend(anchors.iter().map(|&i| &set.anchors[i]));
         let mut keep = vec![false; first_anchor];
@@ -310,8 +302,8 @@ pub fn train(
             zero()?
         };
         // Anchors: mean KL to the base per anchor token.
-        let (kl, kl_rows) = if anchors.is_empty() {
-            (zero()?, 0)
+        let kl = if anchors.is_empty() {
+            zero()?
         } else {
             let mut total: Option<Tensor> = None;
             let mut rows = 0;
@@ -326,7 +318,7 @@ pub fn train(
                     None => k,
                 });
             }
-            ((total.map_or_else(zero, Ok)? / rows.max(1) as f64)?, rows)
+            (total.map_or_else(zero, Ok)? / rows.max(1) as f64)?
         };
         let l2 = objective::l2sp(&adapter, &start)?;
         let loss = (((&sft + &dpo)? + &kto)? + ((&kl * h.kl_weight)? + (&l2 * h.l2sp_weight)?)?)?;
@@ -352,11 +344,9 @@ pub fn train(
             tokens,
             secs: 0.0,
         };
-        let _ = kl_rows;
         // Stop before updating once the adapter as it is meets the target: the
         // checked state is the one that ships.
-        calm = if nc > 0 && sure { calm + 1 } else { 0 };
-        let done = step + 1 >= h.min_steps && nc > 0 && calm >= 1;
+        let done = step + 1 >= h.min_steps && nc > 0 && sure;
         if !done {
             let grads = loss.backward()?;
             opt.step(&grads)?;

@@ -124,11 +124,11 @@ pub struct SourceRow {
     pub quarantined: i64,
 }
 
-const FEEDBACK_COLUMNS: &str = "id, created_ms, completion_id, version, source, user_hash, kind, choice, value, \
+pub(super) const FEEDBACK_COLUMNS: &str = "id, created_ms, completion_id, version, source, user_hash, kind, choice, value, \
      chosen, rejected, ranking, text, reason, prompt, answer, item_key, simhash, status, status_reason, \
      diversity, screening, review_id, decision";
 
-fn feedback_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeedbackRow> {
+pub(super) fn feedback_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeedbackRow> {
     Ok(FeedbackRow {
         id: r.get(0)?,
         created_ms: r.get(1)?,

@@ -3,6 +3,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
+use super::feedback::{feedback_from, FEEDBACK_COLUMNS};
 use super::{now_unix, Result, Store, VersionRow};
 
 /// Tables for the learner (created with the rest of the schema).
@@ -159,22 +160,14 @@ impl Store {
 
     /// Accepted feedback no version has trained on yet (as new feedback), oldest first.
     pub fn untrained_feedback(&self) -> Result<Vec<super::FeedbackRow>> {
-        let ids: Vec<String> = {
-            let conn = self.conn();
-            let mut stmt = conn.prepare(
-                "SELECT id FROM feedback WHERE status = 'accepted' AND id NOT IN \
-                 (SELECT feedback_id FROM version_feedback WHERE role IN ('new', 'skipped')) ORDER BY created_ms",
-            )?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
-        };
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(f) = self.feedback(&id)? {
-                out.push(f);
-            }
-        }
-        Ok(out)
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {FEEDBACK_COLUMNS} FROM feedback WHERE status = 'accepted' AND id NOT IN \
+             (SELECT feedback_id FROM version_feedback WHERE role IN ('new', 'skipped')) \
+             ORDER BY created_ms"
+        ))?;
+        let rows = stmt.query_map([], feedback_from)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     /// Sets a version's status and its evaluation results.
