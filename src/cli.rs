@@ -133,12 +133,63 @@ pub struct ServeArgs {
     pub compute: Option<ComputePath>,
 }
 
+/// Where the server is and the operator token.
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// Server URL (default: http://HOST:PORT from the configuration).
+    #[arg(long, env = "TETHER_URL")]
+    pub url: Option<String>,
+    /// Operator token (default: server.operator_token / TETHER_OPERATOR_TOKEN).
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
 /// `tether admin …`.
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
     /// Manage user API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// List versions: lineage, status, evaluation, serving log, canary and drift state.
+    Versions {
+        /// Server and operator token.
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Make a version serve every unpinned request.
+    Promote {
+        /// Version id (NAME@vN).
+        id: String,
+        /// Why (kept in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Server and operator token.
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Roll back to the last good version, or to --to.
+    Rollback {
+        /// Version id to roll back to (default: the last good version).
+        #[arg(long)]
+        to: Option<String>,
+        /// Why (kept in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Server and operator token.
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Retire a version (a candidate, canary or earlier version).
+    Retire {
+        /// Version id (NAME@vN).
+        id: String,
+        /// Why (kept in the audit log).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Server and operator token.
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 /// `tether admin keys …`.
@@ -156,6 +207,83 @@ pub enum KeysCommand {
         #[arg(long)]
         token: Option<String>,
     },
+}
+
+/// Calls an operator endpoint and prints the JSON answer.
+fn admin_call(
+    config: &Config,
+    remote: Remote,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<()> {
+    let url = remote
+        .url
+        .unwrap_or_else(|| format!("http://{}:{}", config.server.host, config.server.port));
+    let token = remote
+        .token
+        .or(config.server.operator_token.clone())
+        .context("no operator token: pass --token or set TETHER_OPERATOR_TOKEN")?;
+    let req = ureq::request(method, &format!("{}{path}", url.trim_end_matches('/')))
+        .set("Authorization", &format!("Bearer {token}"));
+    let resp = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    match resp {
+        Ok(r) => {
+            let v: serde_json::Value = r.into_json()?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Err(ureq::Error::Status(code, r)) => {
+            let body = r.into_string().unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or(body);
+            anyhow::bail!("the server answered {code}: {message}")
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot reach {url}: {e}")),
+    }
+}
+
+/// `tether admin …`: thin clients of the operator endpoints.
+fn admin(config: &Config, cmd: AdminCommand) -> anyhow::Result<()> {
+    // Version ids contain '@', which is fine in a path segment.
+    match cmd {
+        AdminCommand::Keys(KeysCommand::Create { source, url, token }) => admin_call(
+            config,
+            Remote { url, token },
+            "POST",
+            "/admin/keys",
+            Some(serde_json::json!({ "source": source })),
+        ),
+        AdminCommand::Versions { remote } => {
+            admin_call(config, remote, "GET", "/admin/versions", None)
+        }
+        AdminCommand::Promote { id, reason, remote } => admin_call(
+            config,
+            remote,
+            "POST",
+            &format!("/admin/versions/{id}/promote"),
+            Some(serde_json::json!({ "reason": reason })),
+        ),
+        AdminCommand::Rollback { to, reason, remote } => admin_call(
+            config,
+            remote,
+            "POST",
+            "/admin/rollback",
+            Some(serde_json::json!({ "to": to, "reason": reason })),
+        ),
+        AdminCommand::Retire { id, reason, remote } => admin_call(
+            config,
+            remote,
+            "POST",
+            &format!("/admin/versions/{id}/retire"),
+            Some(serde_json::json!({ "reason": reason })),
+        ),
+    }
 }
 
 /// `tether chat`.
@@ -223,28 +351,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve(args) => serve(&mut config, args),
-        Command::Admin(AdminCommand::Keys(KeysCommand::Create { source, url, token })) => {
-            let url = url
-                .unwrap_or_else(|| format!("http://{}:{}", config.server.host, config.server.port));
-            let token = token
-                .or(config.server.operator_token.clone())
-                .context("no operator token: pass --token or set TETHER_OPERATOR_TOKEN")?;
-            let resp = ureq::post(&format!("{}/admin/keys", url.trim_end_matches('/')))
-                .set("Authorization", &format!("Bearer {token}"))
-                .send_json(serde_json::json!({ "source": source }));
-            match resp {
-                Ok(r) => {
-                    let v: serde_json::Value = r.into_json()?;
-                    println!("{}", serde_json::to_string_pretty(&v)?);
-                    Ok(())
-                }
-                Err(ureq::Error::Status(code, r)) => {
-                    let body = r.into_string().unwrap_or_default();
-                    anyhow::bail!("the server answered {code}: {body}")
-                }
-                Err(e) => Err(anyhow::anyhow!("cannot reach {url}: {e}")),
-            }
-        }
+        Command::Admin(cmd) => admin(&config, cmd),
         Command::Chat(args) => chat(&config, args),
         Command::Safety(cmd) => safety(&config, cmd),
         Command::Privacy(cmd) => privacy(&config, cmd),

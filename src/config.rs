@@ -13,6 +13,7 @@ use crate::learner::LearnerConfig;
 use crate::model::{ComputePath, LoraConfig};
 use crate::privacy::consent::Consent;
 use crate::privacy::Operator;
+use crate::rollout::{CanaryConfig, DriftConfig, GateConfig, LiveConfig};
 
 /// The compiled-in defaults.
 pub const DEFAULT_TOML: &str = include_str!("../configs/default.toml");
@@ -191,6 +192,14 @@ pub struct Config {
     pub feedback: FeedbackConfig,
     /// The background learner.
     pub learner: LearnerConfig,
+    /// The evaluation gate.
+    pub gate: GateConfig,
+    /// Canary rollout.
+    pub canary: CanaryConfig,
+    /// Drift monitor.
+    pub drift: DriftConfig,
+    /// Live signals.
+    pub live: LiveConfig,
 }
 
 impl Config {

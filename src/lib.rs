@@ -31,6 +31,7 @@ pub mod model;
 pub mod monitoring;
 pub mod privacy;
 pub mod registry;
+pub mod rollout;
 pub mod safety;
 pub mod server;
 pub mod storage;

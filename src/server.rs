@@ -122,14 +122,28 @@ fn load(state: &AppState, config: &Config, data_dir: PathBuf) -> Result<(), Erro
         seconds = start.elapsed().as_secs_f64(),
         "model loaded; ready"
     );
+    let rollout = crate::rollout::Rollout::start(
+        registry.clone(),
+        model.clone(),
+        config.canary.clone(),
+        config.drift.clone(),
+        config.live.clone(),
+        state.metrics.clone(),
+    );
     let learner = if config.learner.enabled {
+        let gate = Arc::new(crate::rollout::Gate::new(
+            config.gate.clone(),
+            model.clone(),
+            state.safety.clone(),
+        ));
         Some(crate::learner::Learner::start(
             config.learner.clone(),
             config.lora.clone(),
             model.clone(),
-            registry.clone(),
             state.feedback.clone(),
             state.metrics.clone(),
+            gate,
+            rollout.clone(),
         )?)
     } else {
         None
@@ -139,6 +153,7 @@ fn load(state: &AppState, config: &Config, data_dir: PathBuf) -> Result<(), Erro
         engine,
         registry,
         learner,
+        rollout,
     });
     Ok(())
 }
@@ -155,7 +170,7 @@ fn reload_on_sighup(safety: &Arc<Safety>) {
                     while hup.recv().await.is_some() {
                         let Some(s) = weak.upgrade() else { return };
                         tracing::info!("SIGHUP: reloading the safety folder");
-                        let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+                        let _ = tokio::task::spawn_blocking(move || s.reload("sighup")).await;
                     }
                 });
             }
@@ -186,6 +201,17 @@ pub async fn serve(
             config.safety.cache_entries,
             Some(metrics.clone()),
         )?);
+        let audit = Arc::downgrade(&store);
+        s.on_reload(Box::new(move |trigger, result| {
+            let Some(store) = audit.upgrade() else { return };
+            let detail = match result {
+                Ok(g) => serde_json::json!({"ok": true, "generation": g}),
+                Err(e) => serde_json::json!({"ok": false, "error": e.to_string(), "kept": "the previous policy"}),
+            };
+            if let Err(e) = store.audit_event(trigger, "policy_reload", Some("safety"), &detail) {
+                tracing::error!("cannot audit a safety reload: {e}");
+            }
+        }));
         s.watch(Duration::from_secs(config.safety.watch_secs));
         reload_on_sighup(&s);
         Some(s)

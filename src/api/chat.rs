@@ -65,16 +65,24 @@ impl Meta {
             .map_err(ApiError::internal)
     }
 
-    /// Keeps the prompt and answers in memory for feedback, and logs the finished
-    /// conversation when consented and sampled.
+    /// Keeps the prompt and answers in memory for feedback, records the version's
+    /// live signals (`from_model`: the answers are the model's, not the policy's),
+    /// and logs the finished conversation when consented and sampled.
     fn log(
         &self,
         st: &SharedState,
         answers: &[String],
         outputs: &[Option<SafetyReport>],
-        prompt_tokens: usize,
-        completion_tokens: usize,
+        tokens: (usize, usize),
+        from_model: bool,
     ) {
+        let (prompt_tokens, completion_tokens) = tokens;
+        if let (true, Some(ready)) = (from_model, st.ready.get()) {
+            let flagged: Vec<bool> = outputs.iter().map(Option::is_some).collect();
+            ready
+                .rollout
+                .answered(&self.version, answers, &flagged, &self.messages);
+        }
         st.feedback.contexts.insert(
             self.id.clone(),
             Arc::new(crate::feedback::Context {
@@ -330,8 +338,8 @@ pub async fn chat_completions(
         .get()
         .ok_or_else(|| ApiError::unavailable("the model is still loading; retry shortly"))?;
     let version = ready
-        .registry
-        .resolve(&req.model, &st.config.deployment)
+        .rollout
+        .route(&req.model, &st.config.deployment)
         .ok_or_else(|| {
             ApiError::not_found(
                 Some("model"),
@@ -381,7 +389,13 @@ pub async fn chat_completions(
         st.metrics.prompts_withheld.inc();
         meta.record(&st, plan.n, 0)?;
         finish_record(&st, &id, 0, &vec!["content_filter".to_string(); plan.n]);
-        meta.log(&st, &vec![reply.clone(); plan.n], &vec![None; plan.n], 0, 0);
+        meta.log(
+            &st,
+            &vec![reply.clone(); plan.n],
+            &vec![None; plan.n],
+            (0, 0),
+            false,
+        );
         let resp = filtered(&id, &version.id, &plan, reply, input_report);
         return Ok(with_version(resp, &version.id));
     }
@@ -411,8 +425,8 @@ pub async fn chat_completions(
                 &st,
                 &answers,
                 &outputs,
-                body.usage.prompt_tokens,
-                body.usage.completion_tokens,
+                (body.usage.prompt_tokens, body.usage.completion_tokens),
+                true,
             );
             return Ok(with_version(axum::Json(body).into_response(), &hit.version));
         }
@@ -644,7 +658,13 @@ async fn collect(
         }
     }
     finish_record(st, &meta.id, completion_tokens, &reasons);
-    meta.log(st, &texts, &reports, plan.prompt.len(), completion_tokens);
+    meta.log(
+        st,
+        &texts,
+        &reports,
+        (plan.prompt.len(), completion_tokens),
+        true,
+    );
     let choices = texts
         .into_iter()
         .zip(lps)
@@ -850,8 +870,8 @@ impl StreamState {
             &self.st,
             &self.texts,
             &outputs,
-            self.prompt_tokens,
-            self.completion_tokens,
+            (self.prompt_tokens, self.completion_tokens),
+            true,
         );
         if self.include_usage {
             let usage = Usage {

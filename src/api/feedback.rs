@@ -189,6 +189,14 @@ pub async fn submit(
             .with_label_values(&[reason])
             .inc();
     }
+    // Accepted ratings are live signals of the version that answered.
+    if let (true, Some(value), Some(ready)) = (
+        row.kind == "rating" && row.status == "accepted",
+        row.value,
+        st.ready.get(),
+    ) {
+        ready.rollout.signals().rating(&row.version, value);
+    }
     refresh_gauges(&st);
     Ok((StatusCode::ACCEPTED, Json(view(&st, &row, false))))
 }

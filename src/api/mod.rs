@@ -16,6 +16,7 @@ mod review;
 pub mod state;
 mod train;
 mod users;
+mod versions;
 pub mod wire;
 
 use std::time::Instant;
@@ -75,6 +76,16 @@ pub mod routes {
     pub const ADMIN_TRAIN: &str = "/admin/train";
     /// Operator: one training run.
     pub const ADMIN_TRAIN_RUN: &str = "/admin/train/{id}";
+    /// Operator: versions, lineage, evaluations, rollout state.
+    pub const ADMIN_VERSIONS: &str = "/admin/versions";
+    /// Operator: the version serving at a time.
+    pub const ADMIN_VERSIONS_AT: &str = "/admin/versions/at";
+    /// Operator: make a version serve.
+    pub const ADMIN_VERSION_PROMOTE: &str = "/admin/versions/{id}/promote";
+    /// Operator: retire a version.
+    pub const ADMIN_VERSION_RETIRE: &str = "/admin/versions/{id}/retire";
+    /// Operator: roll back.
+    pub const ADMIN_ROLLBACK: &str = "/admin/rollback";
 }
 
 /// The application router over `state`.
@@ -103,6 +114,11 @@ pub fn router(state: SharedState) -> Router {
         .route(routes::ADMIN_FEEDBACK_ITEM, post(feedback::decide))
         .route(routes::ADMIN_TRAIN, post(train::start).get(train::list))
         .route(routes::ADMIN_TRAIN_RUN, get(train::get))
+        .route(routes::ADMIN_VERSIONS, get(versions::list))
+        .route(routes::ADMIN_VERSIONS_AT, get(versions::at))
+        .route(routes::ADMIN_VERSION_PROMOTE, post(versions::promote))
+        .route(routes::ADMIN_VERSION_RETIRE, post(versions::retire))
+        .route(routes::ADMIN_ROLLBACK, post(versions::rollback))
         .fallback(|| async { ApiError::not_found(None, "no such endpoint").into_response() })
         .method_not_allowed_fallback(|| async {
             let mut e = ApiError::invalid(None, "this endpoint does not accept that HTTP method");

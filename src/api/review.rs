@@ -116,7 +116,7 @@ pub async fn reload(
         .safety
         .clone()
         .ok_or_else(|| ApiError::unavailable("safety checks are turned off on this server"))?;
-    let result = tokio::task::spawn_blocking(move || safety.reload())
+    let result = tokio::task::spawn_blocking(move || safety.reload("operator"))
         .await
         .map_err(ApiError::internal)?;
     match result {

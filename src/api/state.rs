@@ -24,6 +24,8 @@ pub struct Ready {
     pub registry: Arc<Registry>,
     /// The background learner (`None` when turned off).
     pub learner: Option<Arc<crate::learner::Learner>>,
+    /// Canary, drift monitor, promote and rollback.
+    pub rollout: Arc<crate::rollout::Rollout>,
 }
 
 /// A token bucket per source.

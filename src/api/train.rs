@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::auth;
 use super::error::ApiError;
 use super::state::{Ready, SharedState};
-use crate::learner::{Error, Learner};
+use crate::learner::{Error, Learner, Overrides};
 
 /// Body of `POST /admin/train` (optional).
 #[derive(Debug, Default, Deserialize)]
@@ -20,6 +20,12 @@ pub struct TrainRequest {
     /// report whether the adapter bytes are identical.
     #[serde(default)]
     reproduce: Option<String>,
+    /// Learning rate for this run only (recorded in its manifest).
+    #[serde(default)]
+    learning_rate: Option<f64>,
+    /// Step limit for this run only.
+    #[serde(default)]
+    max_steps: Option<usize>,
 }
 
 fn learner(st: &SharedState) -> Result<(&Ready, &Learner), ApiError> {
@@ -53,19 +59,45 @@ pub async fn start(
     let req: TrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TrainRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|_| {
-            ApiError::invalid(None, "body must be empty or {\"reproduce\": \"NAME@vN\"}")
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::invalid(
+                None,
+                format!(
+                    "body must be empty, {{\"reproduce\": \"NAME@vN\"}}, or \
+                     {{\"learning_rate\": X, \"max_steps\": N}} (either optional): {e}"
+                ),
+            )
         })?
+    };
+    if let Some(lr) = req.learning_rate {
+        if !(lr.is_finite() && lr > 0.0 && lr <= 10.0) {
+            return Err(ApiError::invalid(
+                Some("learning_rate"),
+                "learning_rate must be a number in (0, 10]",
+            ));
+        }
+    }
+    if req.max_steps.is_some_and(|n| n == 0 || n > 10_000) {
+        return Err(ApiError::invalid(
+            Some("max_steps"),
+            "max_steps must be 1 to 10000",
+        ));
+    }
+    let overrides = Overrides {
+        learning_rate: req.learning_rate,
+        max_steps: req.max_steps,
     };
     let id = match &req.reproduce {
         Some(v) => learner.request_reproduction(v).map_err(error)?,
-        None => learner.request_training("operator").map_err(error)?,
+        None => learner
+            .request_training("operator", overrides)
+            .map_err(error)?,
     };
     let _ = st.store.audit_event(
         "operator",
         "train",
         Some(&id),
-        &json!({"reproduce": req.reproduce}),
+        &json!({"reproduce": req.reproduce, "overrides": overrides}),
     );
     Ok((
         StatusCode::ACCEPTED,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::train::Hyper;
 use crate::model::LoraConfig;
 
-/// When and how the learner trains, and what a candidate must pass to serve.
+/// When and how the learner trains.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LearnerConfig {
@@ -45,18 +45,8 @@ pub struct LearnerConfig {
     pub seed: u64,
     /// Anchor prompts file (empty: compiled in).
     pub anchors: String,
-    /// Probe prompts file (empty: compiled in).
-    pub probes: String,
     /// Length of the base's greedy answers to anchors and probes.
     pub answer_tokens: usize,
-    /// Largest probe KL per token a serving candidate may have.
-    pub gate_max_kl: f64,
-    /// Smallest probe top-1 agreement.
-    pub gate_min_top1: f64,
-    /// Smallest share of probes whose greedy answer is unchanged from the base's.
-    pub gate_min_probe_answers: f64,
-    /// Smallest share of trained corrections reproduced.
-    pub gate_min_retention: f64,
 }
 
 impl LearnerConfig {

@@ -75,7 +75,7 @@ pub fn drift(model: &Llama, candidate: &LoraAdapter, probes: &[Pair]) -> Result<
     let mut kl = 0.0;
     let mut agree = 0usize;
     let mut tokens = 0usize;
-    for chunk in probes.chunks(8) {
+    for chunk in probes.chunks(16) {
         let pairs: Vec<&Pair> = chunk.iter().collect();
         let keep = vec![true; pairs.len()];
         let base = objective::score(model, None, &pairs, &keep, Mode::Serve)?;

@@ -6,7 +6,8 @@
 //! - [`train`]: one reproducible run from a parent adapter and a training set.
 //! - [`eval`]: batched greedy decoding, closeness to the base on probes, retention.
 //! - [`service`]: the background [`Learner`]: triggers, training sets from feedback,
-//!   versions with manifests, the checks a candidate must pass to serve.
+//!   versions with manifests; candidates go to the rollout gate
+//!   ([`crate::rollout::Gate`]) before they serve.
 //! - [`sft`]: plain supervised fine-tuning (model benches and tests).
 
 pub mod config;
@@ -18,6 +19,6 @@ pub mod train;
 
 pub use config::LearnerConfig;
 pub use objective::Pair;
-pub use service::{Error, Learner};
+pub use service::{Error, Learner, Overrides};
 pub use sft::{sft_loss, SftExample, SftTrainer};
 pub use train::{train, Correction, Hyper, Outcome, Preference, Rated, StepLog, TrainSet};

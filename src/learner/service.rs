@@ -1,6 +1,8 @@
 //! The background learner: decides when to train, turns accepted feedback into a
 //! training set, runs [`train`](super::train()) on its own thread, writes the result
-//! as a new immutable version and lets it serve only if it passes the checks.
+//! as a new immutable version, and hands it to the evaluation gate
+//! ([`crate::rollout::Gate`]); a candidate that passes is placed by the rollout
+//! controller (canary, or serving when canaries are off).
 //!
 //! A version folder is written under a temporary name and renamed into place before
 //! its row is committed; the registry removes folders without a row at start-up, so
@@ -25,15 +27,11 @@ use crate::model::{ChatMessage, LoadedModel, LoraConfig};
 use crate::monitoring::Metrics;
 use crate::privacy::Entity;
 use crate::registry::{self, Registry, Status, ADAPTER_FILE, MANIFEST_FILE};
+use crate::rollout::{Gate, Placement, Retained, Rollout};
 use crate::storage::{self, now_unix, Consumed, FeedbackRow, Store, VersionRow};
-
-/// Tokens of each probe answer that must stay the same for the answer to count as kept.
-const PROBE_HEAD_TOKENS: usize = 8;
 
 /// Compiled-in anchor prompts.
 const ANCHORS: &str = include_str!("../../configs/anchors.jsonl");
-/// Compiled-in probe prompts.
-const PROBES: &str = include_str!("../../configs/probes.jsonl");
 
 /// Why a run could not be started or failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +42,13 @@ pub enum Error {
     /// Nothing waits to be trained on.
     #[error("no accepted feedback is waiting to be trained on")]
     NothingToTrain,
+    /// Every waiting item was unusable.
+    #[error(
+        "none of the {0} waiting feedback items can be trained on (their text still carries \
+         anonymization placeholders, or the conversation they refer to is gone); they are \
+         recorded as skipped"
+    )]
+    Untrainable(usize),
     /// The version to reproduce does not exist or has no manifest.
     #[error("{0}")]
     NotReproducible(String),
@@ -62,6 +67,9 @@ pub enum Error {
     /// Feedback weights could not be computed.
     #[error(transparent)]
     Feedback(#[from] crate::feedback::Error),
+    /// The evaluation gate failed to run.
+    #[error(transparent)]
+    Gate(#[from] crate::rollout::gate::Error),
     /// A file could not be read or written.
     #[error("{0}")]
     Io(String),
@@ -71,16 +79,24 @@ pub enum Error {
 #[derive(Debug, Clone)]
 enum Job {
     /// Train on waiting feedback.
-    Train { run: String },
+    Train { run: String, overrides: Overrides },
     /// Re-run a version's manifest and compare adapter bytes.
     Reproduce { run: String, version: String },
 }
 
-/// Anchor and probe texts: prompts with the base's greedy answers.
+/// Hyperparameters an operator sets for one run (`POST /admin/train`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Overrides {
+    /// Learning rate.
+    pub learning_rate: Option<f64>,
+    /// Step limit.
+    pub max_steps: Option<usize>,
+}
+
+/// Anchor texts: prompts with the base's greedy answers.
 struct References {
     anchors: Vec<Pair>,
     anchors_hash: String,
-    probes: Vec<Pair>,
 }
 
 /// One item of a run's training set as recorded in the manifest.
@@ -101,22 +117,27 @@ pub struct Learner {
     store: Arc<Store>,
     feedback: Arc<Feedback>,
     metrics: Arc<Metrics>,
+    gate: Arc<Gate>,
+    rollout: Arc<Rollout>,
     jobs: Mutex<mpsc::Sender<Job>>,
     active: Mutex<Option<String>>,
     references: OnceLock<References>,
 }
 
 impl Learner {
-    /// Starts the learner thread. Runs left queued or running by a previous process
+    /// Starts the learner thread; its versions go to `rollout`'s registry, its
+    /// candidates through `gate`. Runs left queued or running by a previous process
     /// are marked `interrupted`.
     pub fn start(
         config: LearnerConfig,
         lora: LoraConfig,
         model: Arc<LoadedModel>,
-        registry: Arc<Registry>,
         feedback: Arc<Feedback>,
         metrics: Arc<Metrics>,
+        gate: Arc<Gate>,
+        rollout: Arc<Rollout>,
     ) -> Result<Arc<Self>, Error> {
+        let registry = rollout.registry().clone();
         let store = registry.store().clone();
         let interrupted = store.interrupt_runs()?;
         if interrupted > 0 {
@@ -134,6 +155,8 @@ impl Learner {
             store,
             feedback,
             metrics,
+            gate,
+            rollout,
             jobs: Mutex::new(tx),
             active: Mutex::new(None),
             references: OnceLock::new(),
@@ -147,7 +170,7 @@ impl Learner {
     }
 
     /// Queues a training run on waiting feedback; returns its id.
-    pub fn request_training(&self, trigger: &str) -> Result<String, Error> {
+    pub fn request_training(&self, trigger: &str, overrides: Overrides) -> Result<String, Error> {
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(run) = active.as_ref() {
             return Err(Error::Busy(run.clone()));
@@ -158,7 +181,10 @@ impl Learner {
         let run = new_run_id();
         self.store
             .insert_run(&run, trigger, &json!({"phase": "queued", "kind": "train"}))?;
-        self.send(Job::Train { run: run.clone() })?;
+        self.send(Job::Train {
+            run: run.clone(),
+            overrides,
+        })?;
         *active = Some(run.clone());
         Ok(run)
     }
@@ -218,7 +244,7 @@ impl Learner {
         *self.active.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// Anchors and probes with the base's greedy answers, computed once.
+    /// Anchors with the base's greedy answers, computed once.
     fn references(&self) -> Result<&References, Error> {
         if let Some(r) = self.references.get() {
             return Ok(r);
@@ -232,7 +258,6 @@ impl Learner {
             }
         };
         let anchors_text = read(&self.config.anchors, ANCHORS)?;
-        let probes_text = read(&self.config.probes, PROBES)?;
         let stop = self.model.tokenizer.stop_ids().to_vec();
         let encode = |text: &str| -> Result<Vec<Vec<u32>>, Error> {
             let mut out = Vec::new();
@@ -246,11 +271,9 @@ impl Learner {
         };
         let n = self.config.answer_tokens;
         let anchors = eval::base_answers(&self.model.llama, &encode(&anchors_text)?, n, &stop)?;
-        let probes = eval::base_answers(&self.model.llama, &encode(&probes_text)?, n, &stop)?;
         let refs = References {
             anchors_hash: sha256_hex(anchors_text.as_bytes()),
             anchors,
-            probes,
         };
         let _ = self.references.set(refs);
         self.references
@@ -389,8 +412,8 @@ impl Learner {
         }
     }
 
-    /// Trains on waiting feedback and, if the candidate passes, promotes it.
-    fn run_training(&self, run: &str) -> Result<(), Error> {
+    /// Trains on waiting feedback and hands the candidate to the gate.
+    fn run_training(&self, run: &str, overrides: Overrides) -> Result<(), Error> {
         let started = Instant::now();
         let mut detail = json!({"kind": "train", "phase": "preparing"});
         self.update(run, "running", None, &detail);
@@ -418,12 +441,27 @@ impl Learner {
         }
         items.retain(|(f, _, role)| *role != "replay" || used.contains(&f.id));
         if set.is_empty() {
-            return Err(Error::NothingToTrain);
+            // Nothing usable: record the waiting items as skipped (with no version)
+            // so the threshold trigger does not start the same empty run again.
+            let skipped: Vec<String> = items
+                .iter()
+                .filter(|i| i.2 == "skipped")
+                .map(|i| i.0.id.clone())
+                .collect();
+            self.store.mark_skipped(&skipped)?;
+            return Err(Error::Untrainable(skipped.len()));
         }
         let lora = parent_adapter
             .as_ref()
             .map_or_else(|| self.lora.clone(), |a| a.config().clone());
-        let hyper = self.config.hyper(&lora);
+        let mut hyper = self.config.hyper(&lora);
+        if let Some(lr) = overrides.learning_rate {
+            hyper.learning_rate = lr;
+        }
+        if let Some(n) = overrides.max_steps {
+            hyper.max_steps = n;
+            hyper.min_steps = hyper.min_steps.min(n);
+        }
         let refs = self.references()?;
         let data_hash = data_hash(&set, &hyper);
         detail["phase"] = json!("training");
@@ -526,8 +564,7 @@ impl Learner {
         self.registry.add_trained(&row, outcome.adapter, &lineage)?;
         tracing::info!(version = %id, steps = outcome.steps.len(), seconds = train_secs, "trained a candidate version");
 
-        // The checks of this issue: closeness to the base on held-out probes and
-        // retention of every correction trained on.
+        // The evaluation gate.
         detail["phase"] = json!("evaluating");
         detail["version"] = json!(id);
         self.update(run, "running", Some(&id), &detail);
@@ -536,135 +573,88 @@ impl Learner {
             .get(&id)
             .and_then(|v| self.registry.adapter(&v))
             .ok_or_else(|| Error::Io(format!("{id} has no adapter in memory")))?;
-        let drift = eval::drift(&self.model.llama, &adapter, &refs.probes)?;
-        let pairs: Vec<&Pair> = set.corrections.iter().map(|c| &c.pair).collect();
-        let kept = eval::reproduces(
-            &self.model.llama,
-            Some(&adapter),
-            &pairs,
-            self.model.tokenizer.stop_ids(),
-        )?;
-        // Whether each probe's answer still starts the same way (its first eight
-        // tokens: a whole short answer such as "The capital of France is Paris.").
-        let heads: Vec<Pair> = refs
-            .probes
-            .iter()
-            .map(|p| Pair {
-                prompt: p.prompt.clone(),
-                answer: p.answer[..p.answer.len().min(PROBE_HEAD_TOKENS)].to_vec(),
-            })
-            .collect();
-        let probe_pairs: Vec<&Pair> = heads.iter().collect();
-        let probes_kept = eval::reproduces(
-            &self.model.llama,
-            Some(&adapter),
-            &probe_pairs,
-            self.model.tokenizer.stop_ids(),
-        )?;
-        let probes_same =
-            probes_kept.iter().filter(|&&k| k).count() as f64 / probes_kept.len().max(1) as f64;
-        let retention = if kept.is_empty() {
-            1.0
-        } else {
-            kept.iter().filter(|&&k| k).count() as f64 / kept.len() as f64
-        };
-        self.metrics.learner_probe_kl.set(drift.kl);
-        let mut failed = Vec::new();
-        if drift.kl > self.config.gate_max_kl {
-            failed.push(format!(
-                "probe KL {:.4} is above {}",
-                drift.kl, self.config.gate_max_kl
-            ));
-        }
-        if drift.top1 < self.config.gate_min_top1 {
-            failed.push(format!(
-                "probe top-1 agreement {:.3} is below {}",
-                drift.top1, self.config.gate_min_top1
-            ));
-        }
-        if probes_same < self.config.gate_min_probe_answers {
-            failed.push(format!(
-                "{:.0}% of probe answers begin as before, below {:.0}%",
-                probes_same * 100.0,
-                self.config.gate_min_probe_answers * 100.0
-            ));
-        }
-        if retention < self.config.gate_min_retention {
-            failed.push(format!(
-                "retention {:.2} is below {}",
-                retention, self.config.gate_min_retention
-            ));
-        }
-        let not_reproduced: Vec<&str> = set
+        let retained: Vec<Retained<'_>> = set
             .corrections
             .iter()
-            .zip(&kept)
-            .filter(|(_, &k)| !k)
-            .map(|(c, _)| c.id.as_str())
+            .map(|c| Retained {
+                id: &c.id,
+                pair: &c.pair,
+            })
             .collect();
-        let eval_json = json!({
-            "probe_kl": drift.kl,
-            "probe_top1": drift.top1,
-            "probe_tokens": drift.tokens,
-            "probe_answers_unchanged": probes_same,
-            "retention": retention,
-            "corrections_checked": kept.len(),
-            "not_reproduced": not_reproduced,
-            "thresholds": {
-                "max_kl": self.config.gate_max_kl,
-                "min_top1": self.config.gate_min_top1,
-                "min_retention": self.config.gate_min_retention,
-                "min_probe_answers": self.config.gate_min_probe_answers,
-            },
-            "passed": failed.is_empty(),
-            "failed": failed,
-        });
+        let report = self.gate.evaluate(
+            (&id, &adapter),
+            (&parent.id, parent_adapter.as_deref()),
+            &retained,
+        )?;
+        if let Some(kl) = report.checks.iter().find(|c| c.check == "probe_kl") {
+            self.metrics.learner_probe_kl.set(kl.value);
+        }
+        let eval_json = report.to_json();
         detail["eval"] = eval_json.clone();
         detail["steps"] = json!(outcome.steps.len());
         detail["seconds"] = json!(started.elapsed().as_secs_f64());
-        if failed.is_empty() {
-            self.registry
-                .set_status(&id, Status::Candidate, Some(&eval_json))?;
-            self.registry.promote(&id)?;
-            self.store.audit_event(
-                "learner",
-                "promote",
-                Some(&id),
-                &json!({"parent": parent.id, "run": run, "reason": "passed the learner's checks"}),
+        detail["phase"] = json!("done");
+        if report.passed() {
+            self.metrics
+                .gate_evaluations
+                .with_label_values(&["passed"])
+                .inc();
+            self.registry.mark(
+                &id,
+                Status::Candidate,
+                Some(&eval_json),
+                "gate",
+                "gate_pass",
+                &json!({"run": run, "parent": parent.id}),
             )?;
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            for (f, _, role) in &items {
-                if *role == "new" && used.contains(&f.id) {
-                    self.metrics
-                        .feedback_to_serving
-                        .observe((now_ms - f.created_ms).max(0) as f64 / 1000.0);
+            let placement = self.rollout.place(&id, run)?;
+            if placement == Placement::Serving {
+                let now_ms = storage::now_ms();
+                for (f, _, role) in &items {
+                    if *role == "new" && used.contains(&f.id) {
+                        self.metrics
+                            .feedback_to_serving
+                            .observe((now_ms - f.created_ms).max(0) as f64 / 1000.0);
+                    }
                 }
             }
-            detail["phase"] = json!("done");
-            self.update(run, "promoted", Some(&id), &detail);
+            let (status, outcome) = match placement {
+                Placement::Serving => ("promoted", "promoted"),
+                Placement::Canary => ("canary", "canary"),
+            };
+            detail["placement"] = json!(outcome);
+            self.update(run, status, Some(&id), &detail);
             self.metrics
                 .learner_runs
-                .with_label_values(&["promoted"])
+                .with_label_values(&[outcome])
                 .inc();
-            tracing::info!(version = %id, "promoted a trained version");
+            tracing::info!(version = %id, placement = outcome, "a trained version passed the gate");
         } else {
-            self.registry
-                .set_status(&id, Status::Rejected, Some(&eval_json))?;
-            self.store.audit_event(
-                "learner",
-                "reject",
-                Some(&id),
-                &json!({"run": run, "failed": failed}),
+            self.metrics
+                .gate_evaluations
+                .with_label_values(&["rejected"])
+                .inc();
+            let failed: Vec<&str> = report.failed().iter().map(|c| c.check).collect();
+            for c in &failed {
+                self.metrics
+                    .gate_check_failures
+                    .with_label_values(&[c])
+                    .inc();
+            }
+            self.registry.mark(
+                &id,
+                Status::Rejected,
+                Some(&eval_json),
+                "gate",
+                "gate_reject",
+                &json!({"run": run, "failed": eval_json["failed"]}),
             )?;
-            detail["phase"] = json!("done");
             self.update(run, "rejected", Some(&id), &detail);
             self.metrics
                 .learner_runs
                 .with_label_values(&["rejected"])
                 .inc();
-            tracing::warn!(version = %id, ?failed, "a trained version failed its checks");
+            tracing::warn!(version = %id, ?failed, "a trained version failed the evaluation gate");
         }
         Ok(())
     }
@@ -737,7 +727,7 @@ impl Learner {
 
     fn execute(&self, job: Job) {
         let (run, result) = match &job {
-            Job::Train { run } => (run.clone(), self.run_training(run)),
+            Job::Train { run, overrides } => (run.clone(), self.run_training(run, *overrides)),
             Job::Reproduce { run, version } => (run.clone(), self.run_reproduction(run, version)),
         };
         if let Err(e) = result {
@@ -783,7 +773,7 @@ impl Learner {
             return;
         };
         *last_run = Instant::now();
-        match self.request_training(trigger) {
+        match self.request_training(trigger, Overrides::default()) {
             Ok(run) => tracing::info!(run = %run, trigger, weight, "starting a training run"),
             Err(Error::Busy(_) | Error::NothingToTrain) => {}
             Err(e) => tracing::error!("cannot start a training run: {e}"),
@@ -793,10 +783,16 @@ impl Learner {
 
 fn worker(me: std::sync::Weak<Learner>, rx: mpsc::Receiver<Job>) {
     let poll = me.upgrade().map_or(5, |l| l.config.poll_secs.max(1));
-    // Prepare the anchor and probe references before the first run needs them.
+    // Prepare the anchors and the gate's suite before the first run needs them.
     if let Some(l) = me.upgrade() {
         if let Err(e) = l.references() {
-            tracing::error!("cannot prepare the learner's anchors and probes: {e}");
+            tracing::error!("cannot prepare the learner's anchors: {e}");
+        }
+        let serving = l.registry.serving().ok();
+        let adapter = serving.as_ref().and_then(|v| l.registry.adapter(v));
+        let id = serving.as_ref().map_or("", |v| v.id.as_str());
+        if let Err(e) = l.gate.prepare((id, adapter.as_deref())) {
+            tracing::error!("cannot prepare the evaluation gate's suite: {e}");
         }
     }
     let mut last_run = Instant::now();

@@ -209,8 +209,10 @@ pub struct LoraAdapter {
     vars: Vec<Var>,
 }
 
+/// Metadata key of adapters written before the format name became the key.
 const FORMAT_KEY: &str = "format";
 const FORMAT: &str = "tether-lora-v1";
+/// Metadata key of the config in adapters written before the format name became the key.
 const CONFIG_KEY: &str = "lora_config";
 
 fn tensor_name(layer: usize, target: Target, ab: &str) -> String {
@@ -401,10 +403,12 @@ impl LoraAdapter {
     /// Writes the adapter as one safetensors file whose metadata holds the config.
     /// The write is atomic: a reader never sees a half-written file.
     pub fn save(&self, path: &Path) -> Result<()> {
+        // One metadata entry: safetensors writes the metadata map in its iteration
+        // order, and a std HashMap's order differs between instances, so two entries
+        // would make the bytes (and the content hash) of one adapter vary by chance.
         let mut meta = HashMap::new();
-        meta.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
         meta.insert(
-            CONFIG_KEY.to_string(),
+            FORMAT.to_string(),
             serde_json::to_string(&self.config).map_err(|e| Error::Adapter(e.to_string()))?,
         );
         let named: Vec<(String, Tensor)> = self
@@ -427,16 +431,21 @@ impl LoraAdapter {
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| Error::Adapter(format!("{} is not safetensors: {e}", path.display())))?;
         let meta = header.metadata().clone().unwrap_or_default();
-        if meta.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT) {
-            return Err(Error::Adapter(format!(
-                "{} is not a Tether LoRA adapter (metadata {FORMAT_KEY} != {FORMAT})",
-                path.display()
-            )));
-        }
-        let config: LoraConfig = meta
-            .get(CONFIG_KEY)
-            .ok_or_else(|| Error::Adapter("adapter metadata lacks its config".into()))
-            .and_then(|c| serde_json::from_str(c).map_err(|e| Error::Adapter(e.to_string())))?;
+        // Current files: {FORMAT: config}; earlier ones: {format: FORMAT, lora_config: config}.
+        let config_text = match meta.get(FORMAT) {
+            Some(c) => c,
+            None if meta.get(FORMAT_KEY).map(String::as_str) == Some(FORMAT) => meta
+                .get(CONFIG_KEY)
+                .ok_or_else(|| Error::Adapter("adapter metadata lacks its config".into()))?,
+            None => {
+                return Err(Error::Adapter(format!(
+                    "{} is not a Tether LoRA adapter (no {FORMAT} metadata)",
+                    path.display()
+                )))
+            }
+        };
+        let config: LoraConfig =
+            serde_json::from_str(config_text).map_err(|e| Error::Adapter(e.to_string()))?;
         config.validate()?;
         let mut tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
         let mut layers = Vec::with_capacity(model.num_layers);

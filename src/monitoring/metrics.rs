@@ -72,6 +72,24 @@ pub struct Metrics {
     pub learner_feedback: IntCounterVec,
     /// Seconds from a feedback item's acceptance to a version serving it.
     pub feedback_to_serving: Histogram,
+    /// Candidates evaluated by the gate, by result (`passed`, `rejected`).
+    pub gate_evaluations: IntCounterVec,
+    /// Gate checks that failed, by check.
+    pub gate_check_failures: IntCounterVec,
+    /// Changes of the serving version by action (`promote`, `rollback`) and actor
+    /// (`operator`, `learner`, `canary`, `drift-monitor`).
+    pub version_switches: IntCounterVec,
+    /// Automatic rollbacks by the drift monitor, by condition.
+    pub drift_rollbacks: IntCounterVec,
+    /// Canary analyses by result (`pass`, `fail`, `inconclusive`).
+    pub canary_analyses: IntCounterVec,
+    /// Canaries ended, by outcome (`promoted`, `aborted`).
+    pub canary_outcomes: IntCounterVec,
+    /// Live signals of versions over the drift window, by version and signal
+    /// (`flag_rate`, `refusal_rate`, `mean_rating`, `mean_chars`, `shadow_kl`).
+    pub live_signal: prometheus::GaugeVec,
+    /// 1 for the serving version, by version.
+    pub version_serving: prometheus::IntGaugeVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -268,6 +286,59 @@ impl Metrics {
                     5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
                     86400.0
                 ])
+            )?),
+            gate_evaluations: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tether_gate_evaluations_total",
+                    "Candidate versions evaluated by the gate, by result."
+                ),
+                &["result"]
+            )?),
+            gate_check_failures: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tether_gate_check_failures_total",
+                    "Gate checks failed by candidates, by check."
+                ),
+                &["check"]
+            )?),
+            version_switches: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tether_version_switches_total",
+                    "Changes of the serving version, by action and actor."
+                ),
+                &["action", "actor"]
+            )?),
+            drift_rollbacks: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tether_drift_rollbacks_total",
+                    "Automatic rollbacks by the drift monitor, by failed condition."
+                ),
+                &["condition"]
+            )?),
+            canary_analyses: reg!(IntCounterVec::new(
+                Opts::new("tether_canary_analyses_total", "Canary analyses by result."),
+                &["result"]
+            )?),
+            canary_outcomes: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tether_canary_outcomes_total",
+                    "Canaries ended, by outcome."
+                ),
+                &["outcome"]
+            )?),
+            live_signal: reg!(prometheus::GaugeVec::new(
+                Opts::new(
+                    "tether_live_signal",
+                    "Live signals of a version over the drift window, by version and signal."
+                ),
+                &["version", "signal"]
+            )?),
+            version_serving: reg!(prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "tether_version_serving",
+                    "1 for the version serving unpinned requests."
+                ),
+                &["version"]
             )?),
             registry,
         })

@@ -12,7 +12,7 @@ use serde::Serialize;
 use candle_core::Device;
 
 use crate::model::{LlamaConfig, LoraAdapter};
-use crate::storage::{self, now_unix, Consumed, Store, VersionRow};
+use crate::storage::{self, now_unix, Consumed, ServingEntry, Store, Switch, VersionRow};
 
 /// The adapter file inside a version's snapshot folder.
 pub const ADAPTER_FILE: &str = "adapter.safetensors";
@@ -60,6 +60,9 @@ pub enum Error {
     /// No such version.
     #[error("no version {0}")]
     Unknown(String),
+    /// The change does not fit the version's state.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// Lifecycle state of a version.
@@ -195,6 +198,10 @@ impl Registry {
             adapters: RwLock::new(HashMap::new()),
         };
         registry.refresh()?;
+        let serving = registry.serving()?;
+        registry
+            .store
+            .init_serving_log(name, &serving.id, serving.created * 1000)?;
         let mut adapters = HashMap::new();
         for v in registry.list() {
             if v.number == 1 || v.status == Status::Rejected {
@@ -265,15 +272,20 @@ impl Registry {
             .ok_or_else(|| Error::Unknown(row.id.clone()))
     }
 
-    /// Records an evaluation and a new status (`candidate`, `rejected`, ...).
-    pub fn set_status(
+    /// Records a new status (and evaluation, when given) with its audit entry.
+    /// A rejected version's adapter leaves memory (requests holding it finish).
+    pub fn mark(
         &self,
         id: &str,
         status: Status,
         eval: Option<&serde_json::Value>,
+        actor: &str,
+        action: &str,
+        detail: &serde_json::Value,
     ) -> Result<(), Error> {
         self.get(id).ok_or_else(|| Error::Unknown(id.to_string()))?;
-        self.store.set_version_status(id, status.as_str(), eval)?;
+        self.store
+            .change_status(id, status.as_str(), eval, actor, action, detail)?;
         if status == Status::Rejected {
             if let Ok(mut m) = self.adapters.write() {
                 m.remove(id);
@@ -282,12 +294,126 @@ impl Registry {
         self.refresh()
     }
 
-    /// Makes `id` the serving version (the previous one is retired) atomically:
-    /// requests that already resolved their version finish on it.
-    pub fn promote(&self, id: &str) -> Result<(), Error> {
+    /// Replaces a version's stored evaluation (adding canary results, say).
+    pub fn set_eval(&self, id: &str, eval: &serde_json::Value) -> Result<(), Error> {
         let v = self.get(id).ok_or_else(|| Error::Unknown(id.to_string()))?;
-        self.store.promote_version(&v.id, &self.name)?;
+        self.store
+            .set_version_status(id, v.status.as_str(), Some(eval))?;
         self.refresh()
+    }
+
+    /// Makes `id` the serving version atomically (the one serving now is retired),
+    /// with its serving-log and audit entries: the next request that does not pin a
+    /// version uses it; requests that already resolved theirs finish on them.
+    /// Returns the version that served before.
+    pub fn switch(
+        &self,
+        id: &str,
+        action: &str,
+        actor: &str,
+        reason: &str,
+        detail: &serde_json::Value,
+    ) -> Result<Option<String>, Error> {
+        let v = self.get(id).ok_or_else(|| Error::Unknown(id.to_string()))?;
+        match v.status {
+            Status::Serving => {
+                return Err(Error::Conflict(format!("{id} is already serving")));
+            }
+            Status::Rejected => {
+                return Err(Error::Conflict(format!(
+                    "{id} was rejected ({}); it cannot serve",
+                    rejection(&v)
+                )));
+            }
+            _ => {}
+        }
+        if v.number > 1 && self.adapter(&v).is_none() {
+            return Err(Error::Conflict(format!("{id} has no adapter loaded")));
+        }
+        let previous = self.store.switch_serving(&Switch {
+            name: &self.name,
+            to: id,
+            action,
+            actor,
+            reason,
+            detail,
+        })?;
+        self.refresh()?;
+        Ok(previous)
+    }
+
+    /// Retires `id` (a candidate, canary or earlier version): it no longer serves
+    /// any share of unpinned traffic, stays pinnable, and can be promoted again.
+    pub fn retire(&self, id: &str, actor: &str, reason: &str) -> Result<(), Error> {
+        let v = self.get(id).ok_or_else(|| Error::Unknown(id.to_string()))?;
+        match v.status {
+            Status::Serving => Err(Error::Conflict(format!(
+                "{id} is serving; promote another version or roll back first"
+            ))),
+            Status::Retired => Err(Error::Conflict(format!("{id} is already retired"))),
+            Status::Rejected => Err(Error::Conflict(format!("{id} was rejected"))),
+            _ => self.mark(
+                id,
+                Status::Retired,
+                None,
+                actor,
+                "retire",
+                &serde_json::json!({"reason": reason, "was": v.status}),
+            ),
+        }
+    }
+
+    /// The version serving a share of traffic under observation, if any.
+    pub fn canary(&self) -> Option<Version> {
+        self.list().into_iter().find(|v| v.status == Status::Canary)
+    }
+
+    /// The serving log, oldest first.
+    pub fn serving_log(&self) -> Result<Vec<ServingEntry>, Error> {
+        Ok(self.store.serving_log(&self.name)?)
+    }
+
+    /// The entry that made the version serving at `at_ms` serve.
+    pub fn serving_at(&self, at_ms: i64) -> Result<Option<ServingEntry>, Error> {
+        Ok(self.store.serving_at(&self.name, at_ms)?)
+    }
+
+    /// The last good version to roll back to: the most recent version that served
+    /// before the current one, was never rolled back from, is not rejected, and can
+    /// still be loaded.
+    pub fn rollback_target(&self) -> Result<Option<Version>, Error> {
+        let current = self.serving()?;
+        let log = self.serving_log()?;
+        let bad: std::collections::HashSet<String> = log
+            .iter()
+            .filter(|e| e.action == "rollback")
+            .filter_map(|e| e.previous.clone())
+            .collect();
+        for e in log.iter().rev() {
+            if e.version == current.id || bad.contains(&e.version) {
+                continue;
+            }
+            if let Some(v) = self.get(&e.version) {
+                if v.status != Status::Rejected && (v.number == 1 || self.adapter(&v).is_some()) {
+                    return Ok(Some(v));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// `id` and its ancestors, newest first.
+    pub fn lineage(&self, id: &str) -> Vec<Version> {
+        let mut out = Vec::new();
+        let mut cur = self.get(id);
+        while let Some(v) = cur {
+            cur = v.parent.as_deref().and_then(|p| self.get(p));
+            out.push(v);
+            if out.len() > 100_000 {
+                break;
+            }
+        }
+        out
     }
 
     /// One version by id.
@@ -354,6 +480,22 @@ fn write_manifest(data_dir: &Path, row: &VersionRow) -> Result<(), Error> {
     });
     let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
     std::fs::write(dir.join(MANIFEST_FILE), text).map_err(err)
+}
+
+/// What a rejected version's evaluation says failed.
+fn rejection(v: &Version) -> String {
+    v.eval
+        .as_ref()
+        .and_then(|e| e.get("failed"))
+        .and_then(|f| f.as_array())
+        .map(|f| {
+            f.iter()
+                .filter_map(|x| x.get("message").or(Some(x)).and_then(|m| m.as_str()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "see its evaluation".into())
 }
 
 /// Removes snapshot folders that no committed version owns: temporary folders and

@@ -176,7 +176,12 @@ pub struct Safety {
     stamp: Mutex<Stamp>,
     cache: moka::sync::Cache<String, Arc<Assessment>>,
     metrics: Option<Arc<Metrics>>,
+    on_reload: std::sync::OnceLock<ReloadHook>,
 }
+
+/// Called after every reload attempt with who asked (`file-watch`, `sighup`,
+/// `operator`) and the outcome: the new generation, or the error.
+pub type ReloadHook = Box<dyn Fn(&str, Result<u64, &Error>) + Send + Sync>;
 
 fn stamp(dir: &Path) -> Stamp {
     [POLICY_FILE, RULES_FILE, CLASSIFIER_FILE]
@@ -222,6 +227,7 @@ impl Safety {
             current: RwLock::new(Arc::new(cascade)),
             cache: moka::sync::Cache::new(cache_entries),
             metrics,
+            on_reload: std::sync::OnceLock::new(),
         })
     }
 
@@ -238,9 +244,23 @@ impl Safety {
         self.dir.as_deref()
     }
 
-    /// Re-reads the folder. On error the cascade in use stays, the error is logged
-    /// and counted, and returned.
-    pub fn reload(&self) -> Result<u64, Error> {
+    /// Sets the hook told of every reload (the server writes an audit entry).
+    pub fn on_reload(&self, hook: ReloadHook) {
+        let _ = self.on_reload.set(hook);
+    }
+
+    /// Re-reads the folder at `trigger`'s request (`file-watch`, `sighup`,
+    /// `operator`). On error the cascade in use stays, the error is logged and
+    /// counted, and returned.
+    pub fn reload(&self, trigger: &str) -> Result<u64, Error> {
+        let result = self.reload_inner();
+        if let Some(hook) = self.on_reload.get() {
+            hook(trigger, result.as_ref().map(|g| *g));
+        }
+        result
+    }
+
+    fn reload_inner(&self) -> Result<u64, Error> {
         let Some(dir) = &self.dir else {
             return Ok(self.current().generation);
         };
@@ -272,7 +292,7 @@ impl Safety {
         let now = stamp(dir);
         let changed = *self.stamp.lock().unwrap_or_else(|e| e.into_inner()) != now;
         if changed {
-            let _ = self.reload();
+            let _ = self.reload("file-watch");
         }
     }
 

@@ -142,6 +142,22 @@ impl Store {
         Ok(())
     }
 
+    /// Records feedback no run could use (role `skipped`, no version), so it no
+    /// longer counts as waiting.
+    pub fn mark_skipped(&self, ids: &[String]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for id in ids {
+            tx.execute(
+                "INSERT OR IGNORE INTO version_feedback (version, feedback_id, weight, role) \
+                 VALUES ('', ?1, 0, 'skipped')",
+                [id],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// The feedback a version consumed.
     pub fn consumed(&self, version: &str) -> Result<Vec<Consumed>> {
         let conn = self.conn();
@@ -181,23 +197,6 @@ impl Store {
             "UPDATE versions SET status = ?2, eval = COALESCE(?3, eval) WHERE id = ?1",
             params![id, status, eval.map(|e| e.to_string())],
         )?;
-        Ok(())
-    }
-
-    /// Makes `id` the serving version: every other serving version of its model is
-    /// retired, in one transaction.
-    pub fn promote_version(&self, id: &str, name: &str) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "UPDATE versions SET status = 'retired' WHERE name = ?1 AND status = 'serving' AND id != ?2",
-            params![name, id],
-        )?;
-        tx.execute(
-            "UPDATE versions SET status = 'serving' WHERE id = ?1",
-            params![id],
-        )?;
-        tx.commit()?;
         Ok(())
     }
 

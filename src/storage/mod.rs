@@ -5,6 +5,7 @@
 
 mod feedback;
 mod learning;
+mod rollout;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -112,6 +113,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 
 pub use feedback::{FeedbackRow, SourceRow};
 pub use learning::{Consumed, RunRow};
+pub use rollout::{now_ms, ServingEntry, Switch};
 
 /// A row of the `versions` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,6 +311,7 @@ impl Store {
         conn.execute_batch(SCHEMA).map_err(open)?;
         conn.execute_batch(feedback::SCHEMA).map_err(open)?;
         conn.execute_batch(learning::SCHEMA).map_err(open)?;
+        conn.execute_batch(rollout::SCHEMA).map_err(open)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })

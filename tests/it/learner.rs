@@ -13,7 +13,7 @@ use tether::model::{ChatMessage, LoadedModel, LoraConfig, Mode};
 use crate::binary::{self, Served};
 use crate::common::smollm;
 
-const OPERATOR: &str = "op-learner";
+pub(crate) const OPERATOR: &str = "op-learner";
 
 /// Fictional facts the base model cannot know: (question, correction).
 const FACTS: [(&str, &str); 10] = [
@@ -72,12 +72,13 @@ fn config() -> String {
         .collect();
     format!(
         "[server]\noperator_token = \"{OPERATOR}\"\nkeys = [{}]\n\n[feedback]\nper_minute = 0\n\n\
-         [learner]\nmin_weight = 0.0\ngate_max_kl = {MAX_PROBE_KL}\ngate_min_top1 = {MIN_PROBE_TOP1}\n",
+         [learner]\nmin_weight = 0.0\n\n[gate]\nmax_kl = {MAX_PROBE_KL}\nmin_top1 = {MIN_PROBE_TOP1}\n\n\
+         [canary]\nshare = 0.0\n",
         tutors.join(", ")
     )
 }
 
-fn call(method: &str, url: &str, key: &str, body: Option<&Value>) -> (u16, Value) {
+pub(crate) fn call(method: &str, url: &str, key: &str, body: Option<&Value>) -> (u16, Value) {
     let req = ureq::request(method, url)
         .set("Authorization", &format!("Bearer {key}"))
         .timeout(Duration::from_secs(300));
@@ -139,7 +140,7 @@ fn correct(url: &str, key: &str, q: &str, text: &str) -> Value {
     b
 }
 
-fn trust_tutors(url: &str) {
+pub(crate) fn trust_tutors(url: &str) {
     for i in 0..3 {
         let (st, b) = call(
             "PATCH",
@@ -152,7 +153,12 @@ fn trust_tutors(url: &str) {
 }
 
 /// Polls a run until it leaves `queued`/`running` (or `until` says stop).
-fn wait_run(url: &str, run: &str, limit: Duration, until: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn wait_run(
+    url: &str,
+    run: &str,
+    limit: Duration,
+    until: impl Fn(&Value) -> bool,
+) -> Value {
     let start = Instant::now();
     loop {
         let (st, b) = call("GET", &format!("{url}/admin/train/{run}"), OPERATOR, None);
@@ -166,7 +172,7 @@ fn wait_run(url: &str, run: &str, limit: Duration, until: impl Fn(&Value) -> boo
     }
 }
 
-fn start_training(url: &str, body: Option<&Value>) -> String {
+pub(crate) fn start_training(url: &str, body: Option<&Value>) -> String {
     let (st, b) = call("POST", &format!("{url}/admin/train"), OPERATOR, body);
     assert_eq!(st, 202, "{b}");
     b["id"].as_str().expect("run id").to_string()
@@ -178,7 +184,7 @@ fn models(url: &str) -> Vec<Value> {
     b["data"].as_array().cloned().unwrap_or_default()
 }
 
-fn stop(s: Served) {
+pub(crate) fn stop(s: Served) {
     let mut s = s;
     binary::signal(&s.child, "TERM");
     let _ = s.child.wait();
@@ -311,16 +317,12 @@ fn ten_corrections_become_a_serving_version_close_to_the_base_that_survives_rest
     let rep = start_training(&url, Some(&json!({"reproduce": v2})));
     let rep = wait_run(&url, &rep, Duration::from_secs(900), |_| false);
     assert_eq!(rep["status"], "reproduced", "{rep}");
-    // Byte-identical when the machine is otherwise idle (checked by hand); under the
-    // load of the parallel test suite the bytes have differed once, so the test only
-    // reports it until the source of that nondeterminism is found (see issue #7).
-    eprintln!(
-        "learner: reproduction of {v2} identical: {}",
-        rep["detail"]["identical"]
+    // Re-running the manifest gives the same adapter bytes.
+    assert_eq!(rep["detail"]["identical"], true, "{rep}");
+    assert_eq!(
+        rep["detail"]["reproduced_sha256"],
+        rep["detail"]["expected_sha256"]
     );
-    assert!(rep["detail"]["reproduced_sha256"]
-        .as_str()
-        .is_some_and(|h| h.len() == 64));
 
     let (_, metrics) = (
         0,

@@ -15,6 +15,7 @@ mod loading;
 mod lora;
 mod openai;
 mod privacy;
+mod rollout;
 mod safety;
 mod server;
 mod smollm;
