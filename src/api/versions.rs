@@ -141,6 +141,16 @@ pub async fn list(
     })))
 }
 
+/// Runs an operator action off the async runtime (it writes to SQLite).
+async fn act<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, registry::Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(error)
+}
+
 /// `POST /admin/versions/{id}/promote`: the version serves every unpinned request
 /// from now on (a canary is promoted early; a retired version returns).
 pub async fn promote(
@@ -150,15 +160,11 @@ pub async fn promote(
     bytes: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     auth::operator(&st, &headers)?;
-    let ready = ready(&st)?;
+    let rollout = ready(&st)?.rollout.clone();
     let req: ReasonRequest = body(&bytes, "{\"reason\": \"...\"}")?;
     let why = reason(req.reason, "operator promotion")?;
-    let rollout = ready.rollout.clone();
-    let id2 = id.clone();
-    let previous = tokio::task::spawn_blocking(move || rollout.promote(&id2, "operator", &why))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(error)?;
+    let target = id.clone();
+    let previous = act(move || rollout.promote(&target, "operator", &why)).await?;
     Ok(Json(json!({"serving": id, "previous": previous})))
 }
 
@@ -169,16 +175,11 @@ pub async fn rollback(
     bytes: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     auth::operator(&st, &headers)?;
-    let ready = ready(&st)?;
+    let rollout = ready(&st)?.rollout.clone();
     let req: RollbackRequest = body(&bytes, "{\"to\": \"NAME@vN\", \"reason\": \"...\"}")?;
     let why = reason(req.reason, "operator rollback")?;
-    let rollout = ready.rollout.clone();
-    let (from, to) = tokio::task::spawn_blocking(move || {
-        rollout.rollback(req.to.as_deref(), "operator", &why, &json!({}))
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(error)?;
+    let (from, to) =
+        act(move || rollout.rollback(req.to.as_deref(), "operator", &why, &json!({}))).await?;
     Ok(Json(json!({"serving": to, "previous": from})))
 }
 
@@ -191,14 +192,11 @@ pub async fn retire(
 ) -> Result<Json<Value>, ApiError> {
     auth::operator(&st, &headers)?;
     let ready = ready(&st)?;
+    let rollout = ready.rollout.clone();
     let req: ReasonRequest = body(&bytes, "{\"reason\": \"...\"}")?;
     let why = reason(req.reason, "operator retirement")?;
-    let rollout = ready.rollout.clone();
-    let id2 = id.clone();
-    tokio::task::spawn_blocking(move || rollout.retire(&id2, "operator", &why))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(error)?;
+    let target = id.clone();
+    act(move || rollout.retire(&target, "operator", &why)).await?;
     let v = ready
         .registry
         .get(&id)

@@ -1,7 +1,7 @@
 //! Checks a candidate adapter against the base: batched greedy decoding, KL and
 //! top-1 agreement on held-out probes, and retention of corrections.
 
-use candle_core::D;
+use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::objective::{self, Pair};
@@ -65,6 +65,18 @@ pub struct Drift {
 /// KL and top-1 agreement of `candidate` with the base on `probes` (prompts with the
 /// base's greedy answers), teacher-forced.
 pub fn drift(model: &Llama, candidate: &LoraAdapter, probes: &[Pair]) -> Result<Drift> {
+    drift_from(model, candidate, probes, None)
+}
+
+/// [`drift`], resuming both models at `layer` from the base's hidden states of the
+/// probes there ([`objective::hidden_before`]): below the candidate's first adapted
+/// layer the two models compute the same thing, so that part is computed once.
+pub fn drift_from(
+    model: &Llama,
+    candidate: &LoraAdapter,
+    probes: &[Pair],
+    resume: Option<(usize, &[Tensor])>,
+) -> Result<Drift> {
     if probes.is_empty() {
         return Ok(Drift {
             kl: 0.0,
@@ -75,11 +87,14 @@ pub fn drift(model: &Llama, candidate: &LoraAdapter, probes: &[Pair]) -> Result<
     let mut kl = 0.0;
     let mut agree = 0usize;
     let mut tokens = 0usize;
-    for chunk in probes.chunks(16) {
+    for (c, chunk) in probes.chunks(16).enumerate() {
         let pairs: Vec<&Pair> = chunk.iter().collect();
         let keep = vec![true; pairs.len()];
-        let base = objective::score(model, None, &pairs, &keep, Mode::Serve)?;
-        let cand = objective::score(model, Some(candidate), &pairs, &keep, Mode::Serve)?;
+        let hidden: Option<Vec<&Tensor>> =
+            resume.map(|(_, h)| h[c * 16..c * 16 + pairs.len()].iter().collect());
+        let from = resume.map(|(l, _)| l).zip(hidden.as_deref());
+        let base = objective::score_from(model, None, &pairs, &keep, Mode::Serve, from)?;
+        let cand = objective::score_from(model, Some(candidate), &pairs, &keep, Mode::Serve, from)?;
         for (b, c) in base.full.iter().zip(&cand.full) {
             let (Some(b), Some(c)) = (b, c) else { continue };
             kl += objective::kl_rows(b, c)?.to_scalar::<f32>()? as f64;

@@ -791,7 +791,16 @@ fn worker(me: std::sync::Weak<Learner>, rx: mpsc::Receiver<Job>) {
         let serving = l.registry.serving().ok();
         let adapter = serving.as_ref().and_then(|v| l.registry.adapter(v));
         let id = serving.as_ref().map_or("", |v| v.id.as_str());
-        if let Err(e) = l.gate.prepare((id, adapter.as_deref())) {
+        let layers = l.model.llama.config().num_layers;
+        let first = adapter.as_ref().map_or_else(
+            || {
+                (0..layers)
+                    .find(|&i| l.lora.adapts_layer(i, layers))
+                    .unwrap_or(0)
+            },
+            |a| a.first_layer(),
+        );
+        if let Err(e) = l.gate.prepare((id, adapter.as_deref()), first) {
             tracing::error!("cannot prepare the evaluation gate's suite: {e}");
         }
     }

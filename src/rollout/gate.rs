@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use candle_core::Tensor;
 use serde::Serialize;
 use serde_json::json;
 
@@ -112,6 +113,16 @@ struct Suite {
     redteam: Vec<RedTeam>,
     reference: Vec<Pair>,
     base_perplexity: f64,
+    /// The base's hidden states of probes and reference texts entering a layer, per
+    /// layer: a candidate differs from the base only from its first adapted layer
+    /// on, so each evaluation runs only the layers from there.
+    hidden: Mutex<HashMap<usize, Arc<Hidden>>>,
+}
+
+/// Hidden states entering one layer.
+struct Hidden {
+    probes: Vec<Tensor>,
+    reference: Vec<Tensor>,
 }
 
 /// A corrections to check for retention: its feedback id and pair.
@@ -178,10 +189,16 @@ impl Gate {
         Ok(self.model.encode_chat(&[ChatMessage::new("user", text)])?)
     }
 
-    /// Prepares the suite (the base's probe answers and reference perplexity) and
+    /// Prepares the suite (the base's probe answers and reference perplexity), the
+    /// base's hidden states entering `layer` (where candidates' adapters begin), and
     /// the red-team rate of `serving`, the likely parent of the next candidate.
-    pub fn prepare(&self, serving: (&str, Option<&LoraAdapter>)) -> Result<(), Error> {
-        self.suite()?;
+    pub fn prepare(
+        &self,
+        serving: (&str, Option<&LoraAdapter>),
+        layer: usize,
+    ) -> Result<(), Error> {
+        let suite = self.suite()?;
+        self.hidden(suite, layer)?;
         if self.cached_unsafe_rate(serving.0).is_none() {
             self.unsafe_rate(serving.0, serving.1)?;
         }
@@ -219,16 +236,34 @@ impl Gate {
                 answer: self.model.encode_answer(&text(&v, "answer")?)?,
             });
         }
-        let base_perplexity = perplexity(&self.model, None, &reference)?;
+        let base_perplexity = perplexity(&self.model, None, &reference, None)?;
         let _ = self.suite.set(Suite {
             probes,
             redteam,
             reference,
             base_perplexity,
+            hidden: Mutex::new(HashMap::new()),
         });
         self.suite
             .get()
             .ok_or_else(|| Error::Suite("the suite could not be prepared".into()))
+    }
+
+    /// The base's hidden states entering `layer` (computed once per layer).
+    fn hidden(&self, suite: &Suite, layer: usize) -> Result<Arc<Hidden>, Error> {
+        let mut map = suite.hidden.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = map.get(&layer) {
+            return Ok(h.clone());
+        }
+        let llama = &self.model.llama;
+        let probes: Vec<&Pair> = suite.probes.iter().collect();
+        let reference: Vec<&Pair> = suite.reference.iter().collect();
+        let h = Arc::new(Hidden {
+            probes: objective::hidden_before(llama, &probes, layer)?,
+            reference: objective::hidden_before(llama, &reference, layer)?,
+        });
+        map.insert(layer, h.clone());
+        Ok(h)
     }
 
     /// The share of red-team prompts whose greedy answer (no classifiers in the way)
@@ -305,7 +340,14 @@ impl Gate {
         };
 
         // (1) Closeness on the probes.
-        let drift = eval::drift(llama, candidate.1, &suite.probes)?;
+        let layer = candidate.1.first_layer();
+        let hidden = self.hidden(suite, layer)?;
+        let drift = eval::drift_from(
+            llama,
+            candidate.1,
+            &suite.probes,
+            Some((layer, &hidden.probes)),
+        )?;
         checks.push(Check {
             check: "probe_kl",
             value: drift.kl,
@@ -419,7 +461,12 @@ impl Gate {
         lap("redteam");
 
         // (4) Perplexity on the reference texts.
-        let ppl = perplexity(&self.model, Some(candidate.1), &suite.reference)?;
+        let ppl = perplexity(
+            &self.model,
+            Some(candidate.1),
+            &suite.reference,
+            Some((layer, &hidden.reference)),
+        )?;
         let ratio = ppl / suite.base_perplexity.max(f64::MIN_POSITIVE);
         checks.push(Check {
             check: "perplexity",
@@ -443,17 +490,23 @@ impl Gate {
 }
 
 /// exp(mean negative log-likelihood per answer token) of `pairs`.
+/// `resume`: the base's hidden states of `pairs` entering a layer below which
+/// `adapter` changes nothing.
 fn perplexity(
     model: &LoadedModel,
     adapter: Option<&LoraAdapter>,
     pairs: &[Pair],
+    resume: Option<(usize, &[Tensor])>,
 ) -> Result<f64, Error> {
     let mut nll = 0.0f64;
     let mut tokens = 0usize;
-    for chunk in pairs.chunks(8) {
+    for (c, chunk) in pairs.chunks(16).enumerate() {
         let refs: Vec<&Pair> = chunk.iter().collect();
         let keep = vec![false; refs.len()];
-        let s = objective::score(&model.llama, adapter, &refs, &keep, Mode::Serve)?;
+        let hidden: Option<Vec<&Tensor>> =
+            resume.map(|(_, h)| h[c * 16..c * 16 + refs.len()].iter().collect());
+        let from = resume.map(|(l, _)| l).zip(hidden.as_deref());
+        let s = objective::score_from(&model.llama, adapter, &refs, &keep, Mode::Serve, from)?;
         for x in &s.scores {
             nll -= f64::from(x.logp);
             tokens += x.tokens;

@@ -432,27 +432,22 @@ impl Rollout {
         });
         let mut eval = canary.eval.clone().unwrap_or_else(|| json!({}));
         eval["canary"] = summary.clone();
-        if run.failures >= self.canary.failure_limit.max(1) {
-            let reason = format!(
-                "canary analysis failed {} times: {}",
-                run.failures,
-                a.reasons()
-            );
-            self.registry.mark(
-                &canary.id,
-                Status::Rejected,
-                Some(&eval),
-                "canary",
-                "canary_abort",
-                &json!({"reason": reason, "analysis": summary}),
-            )?;
-            self.state().canary = None;
-            self.metrics
-                .canary_outcomes
-                .with_label_values(&["aborted"])
-                .inc();
-            tracing::warn!(version = %canary.id, %reason, "canary aborted");
-            return Ok(());
+        let timed_out =
+            self.canary.max_secs > 0 && now - run.since_ms > (self.canary.max_secs as i64) * 1000;
+        if run.failures >= self.canary.failure_limit.max(1) || timed_out {
+            let reason = if timed_out && run.failures < self.canary.failure_limit.max(1) {
+                format!(
+                    "the canary was not promoted within {} seconds",
+                    self.canary.max_secs
+                )
+            } else {
+                format!(
+                    "canary analysis failed {} times: {}",
+                    run.failures,
+                    a.reasons()
+                )
+            };
+            return self.abort_canary(&canary.id, &eval, &reason, &summary);
         }
         if run.passes_in_row >= self.canary.successes.max(1) {
             let reason = format!(
@@ -469,27 +464,32 @@ impl Rollout {
             )?;
             return Ok(());
         }
-        if self.canary.max_secs > 0 && now - run.since_ms > (self.canary.max_secs as i64) * 1000 {
-            let reason = format!(
-                "the canary was not promoted within {} seconds",
-                self.canary.max_secs
-            );
-            self.registry.mark(
-                &canary.id,
-                Status::Rejected,
-                Some(&eval),
-                "canary",
-                "canary_abort",
-                &json!({"reason": reason, "analysis": summary}),
-            )?;
-            self.state().canary = None;
-            self.metrics
-                .canary_outcomes
-                .with_label_values(&["aborted"])
-                .inc();
-            return Ok(());
-        }
         self.state().canary = Some(run);
+        Ok(())
+    }
+
+    /// Rejects the canary with `reason`, keeping its analysis in its evaluation.
+    fn abort_canary(
+        &self,
+        id: &str,
+        eval: &serde_json::Value,
+        reason: &str,
+        summary: &serde_json::Value,
+    ) -> Result<(), registry::Error> {
+        self.registry.mark(
+            id,
+            Status::Rejected,
+            Some(eval),
+            "canary",
+            "canary_abort",
+            &json!({"reason": reason, "analysis": summary}),
+        )?;
+        self.state().canary = None;
+        self.metrics
+            .canary_outcomes
+            .with_label_values(&["aborted"])
+            .inc();
+        tracing::warn!(version = id, reason, "canary aborted");
         Ok(())
     }
 

@@ -233,3 +233,45 @@ fn loading_an_adapter_into_the_wrong_model_says_why() {
         .to_string();
     assert!(err.contains("not safetensors"), "{err}");
 }
+
+#[test]
+fn closeness_resumed_from_the_first_adapted_layer_equals_the_full_computation() {
+    use tether::learner::{eval, objective, Pair};
+    let (_dir, m) = tiny_model(
+        Tiny {
+            layers: 3,
+            ..Tiny::default()
+        },
+        9,
+    );
+    let model = &m.llama;
+    let cfg = LoraConfig {
+        layers: 1,
+        ..LoraConfig::default()
+    };
+    let mut t = SftTrainer::new(model, &cfg, 3, 5e-2).expect("trainer");
+    for _ in 0..3 {
+        t.step(model, &[example()]).expect("step");
+    }
+    let adapter = t.adapter().freeze().expect("freeze");
+    let layer = adapter.first_layer();
+    assert_eq!(layer, 2);
+    let probes: Vec<Pair> = (0..20u32)
+        .map(|i| Pair {
+            prompt: vec![1, 10 + i % 7, 11, 30 + i],
+            answer: vec![40 + i % 5, 41, 2],
+        })
+        .collect();
+    let refs: Vec<&Pair> = probes.iter().collect();
+    let hidden = objective::hidden_before(model, &refs, layer).expect("hidden");
+    let full = eval::drift(model, &adapter, &probes).expect("drift");
+    let resumed =
+        eval::drift_from(model, &adapter, &probes, Some((layer, &hidden))).expect("resumed");
+    assert!(full.kl > 0.0, "the adapter changes nothing: {full:?}");
+    assert!(
+        (full.kl - resumed.kl).abs() < 1e-5,
+        "{full:?} vs {resumed:?}"
+    );
+    assert_eq!(full.top1, resumed.top1);
+    assert_eq!(full.tokens, resumed.tokens);
+}
