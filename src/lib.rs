@@ -15,6 +15,8 @@
 //! - [`monitoring`]: Prometheus metrics.
 //! - [`feedback`]: corrections, ratings, preferences; source reliability; campaigns.
 //! - [`learner`]: trains LoRA adapters; the only code that changes what the model says.
+//! - [`rollout`]: the evaluation gate, canary, drift monitor with automatic rollback,
+//!   operator promote/rollback/retire.
 //! - [`config`]: layered configuration (`configs/default.toml`, file, env, flags).
 //! - [`cli`]: the `tether` command line.
 //! - [`jsonl`]: JSON Lines in and out for the offline commands.
