@@ -307,8 +307,6 @@ impl Learner {
     }
 
     /// Builds the training set from items in manifest order (deterministic, so a
-    /// manifest can be re-run).
-    /// Builds the training set from items in manifest order (deterministic, so a
     /// manifest can be re-run), with the ids of the items it could use.
     fn build_set(
         &self,

@@ -365,7 +365,7 @@ impl Registry {
 
     /// The version serving a share of traffic under observation, if any.
     pub fn canary(&self) -> Option<Version> {
-        self.list().into_iter().find(|v| v.status == Status::Canary)
+        self.find(|v| v.status == Status::Canary)
     }
 
     /// The serving log, oldest first.
@@ -418,7 +418,14 @@ impl Registry {
 
     /// One version by id.
     pub fn get(&self, id: &str) -> Option<Version> {
-        self.list().into_iter().find(|v| v.id == id)
+        self.find(|v| v.id == id)
+    }
+
+    /// The newest version matching `pred`, cloning only that one (requests call
+    /// this; versions carry their evaluation reports).
+    fn find(&self, pred: impl Fn(&Version) -> bool) -> Option<Version> {
+        let versions = self.versions.read().ok()?;
+        versions.iter().rev().find(|v| pred(v)).cloned()
     }
 
     /// The base model's name.
@@ -433,10 +440,7 @@ impl Registry {
 
     /// The version answering unpinned requests.
     pub fn serving(&self) -> Result<Version, Error> {
-        self.list()
-            .into_iter()
-            .rev()
-            .find(|v| v.status == Status::Serving)
+        self.find(|v| v.status == Status::Serving)
             .ok_or_else(|| Error::NothingServing(self.name.clone()))
     }
 
@@ -446,9 +450,7 @@ impl Registry {
         if requested == deployment || requested == self.name {
             return self.serving().ok();
         }
-        self.list()
-            .into_iter()
-            .find(|v| v.id == requested && v.status != Status::Rejected)
+        self.find(|v| v.id == requested && v.status != Status::Rejected)
     }
 
     /// The adapter a version applies on top of the base (`None` for the base).

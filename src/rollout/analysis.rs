@@ -224,11 +224,7 @@ pub fn compare(
 mod tests {
     use super::*;
 
-    fn live() -> LiveConfig {
-        toml::from_str::<crate::config::Config>(crate::config::DEFAULT_TOML)
-            .map(|c| c.live)
-            .expect("defaults parse")
-    }
+    use crate::rollout::config::default_live as live;
 
     fn answers(n: usize, flagged: usize, refusals: usize, chars: usize) -> Summary {
         Summary {

@@ -101,3 +101,11 @@ pub struct LiveConfig {
     /// Signals older than this are forgotten.
     pub keep_secs: u64,
 }
+
+/// The `[live]` defaults of `configs/default.toml` (unit tests).
+#[cfg(test)]
+pub(crate) fn default_live() -> LiveConfig {
+    toml::from_str::<crate::config::Config>(crate::config::DEFAULT_TOML)
+        .map(|c| c.live)
+        .expect("defaults parse")
+}

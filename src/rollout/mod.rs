@@ -153,12 +153,16 @@ impl Rollout {
         flagged: &[bool],
         messages: &[ChatMessage],
     ) {
-        let trained = self.registry.get(version).is_some_and(|v| v.number > 1);
         for (i, a) in answers.iter().enumerate() {
             let f = flagged.get(i).copied().unwrap_or(false);
             self.signals.answer(version, a, f);
-            if trained && !a.is_empty() {
-                self.signals.offer_shadow(ShadowSample {
+            // Shadow probes re-score trained versions' answers against the base;
+            // the draw comes first so unsampled answers cost nothing more.
+            if !a.is_empty()
+                && self.signals.sample_shadow()
+                && self.registry.get(version).is_some_and(|v| v.number > 1)
+            {
+                self.signals.push_shadow(ShadowSample {
                     version: version.to_string(),
                     messages: messages.to_vec(),
                     answer: a.clone(),

@@ -154,13 +154,17 @@ impl Signals {
         self.push(version, now_ms(), Event::ShadowKl(kl));
     }
 
-    /// Offers an answer for shadow scoring; kept with probability `shadow_rate`
-    /// while the queue has room.
-    pub fn offer_shadow(&self, sample: ShadowSample) {
-        if self.config.shadow_rate <= 0.0 || rand::rng().random::<f64>() >= self.config.shadow_rate
-        {
-            return;
-        }
+    /// Whether to shadow-score the next answer: true with probability
+    /// `shadow_rate` while the queue has room. Drawn before a sample is built, so
+    /// answers not chosen cost nothing.
+    pub fn sample_shadow(&self) -> bool {
+        self.config.shadow_rate > 0.0
+            && rand::rng().random::<f64>() < self.config.shadow_rate
+            && self.shadow.lock().is_ok_and(|q| q.len() < MAX_SHADOW)
+    }
+
+    /// Queues an answer [`sample_shadow`](Self::sample_shadow) chose.
+    pub fn push_shadow(&self, sample: ShadowSample) {
         let mut q = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
         if q.len() < MAX_SHADOW {
             q.push_back(sample);
@@ -212,11 +216,7 @@ impl Signals {
 mod tests {
     use super::*;
 
-    fn live() -> LiveConfig {
-        toml::from_str::<crate::config::Config>(crate::config::DEFAULT_TOML)
-            .map(|c| c.live)
-            .expect("defaults parse")
-    }
+    use crate::rollout::config::default_live as live;
 
     #[test]
     fn summaries_count_each_signal_in_its_window() {

@@ -8,6 +8,7 @@ mod bad_input;
 mod binary;
 mod cli;
 mod common;
+mod facts;
 mod feedback;
 mod generation;
 mod learner;
