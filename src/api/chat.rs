@@ -19,7 +19,9 @@ use super::json::ApiJson;
 use super::state::{Cached, Ready, SharedState};
 use super::wire::*;
 use crate::engine::{Event, Request, SubmitError};
-use crate::model::{ChatMessage, FinishReason, SamplingParams, TokenLogprob, Tokenizer};
+use crate::model::{
+    ChatMessage, FinishReason, LoadedModel, SamplingParams, TokenLogprob, Tokenizer,
+};
 use crate::privacy::consent;
 use crate::registry::Version;
 use crate::storage::now_unix;
@@ -452,14 +454,7 @@ pub async fn chat_completions(
     meta.record(&st, plan.n, plan.prompt.len())?;
 
     if plan.stream {
-        let stream = stream_events(
-            st.clone(),
-            ready.model.tokenizer.clone(),
-            meta,
-            plan,
-            guard,
-            rx,
-        );
+        let stream = stream_events(st.clone(), ready.model.clone(), meta, plan, guard, rx);
         let sse = Sse::new(stream).keep_alive(KeepAlive::default());
         return Ok(with_version(sse.into_response(), &version.id));
     }
@@ -703,7 +698,8 @@ async fn collect(
 /// State of one SSE stream.
 struct StreamState {
     st: SharedState,
-    tok: Tokenizer,
+    /// The loaded model, for its tokenizer (shared, never cloned per request).
+    model: Arc<LoadedModel>,
     id: String,
     version: String,
     meta: Meta,
@@ -889,7 +885,7 @@ impl StreamState {
 
 fn stream_events(
     st: SharedState,
-    tok: Tokenizer,
+    model: Arc<LoadedModel>,
     meta: Meta,
     plan: Plan,
     guard: Option<Guard>,
@@ -897,7 +893,7 @@ fn stream_events(
 ) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
     let mut state = StreamState {
         st,
-        tok,
+        model,
         id: meta.id.clone(),
         version: meta.version.clone(),
         texts: vec![String::new(); plan.n],
@@ -949,7 +945,7 @@ fn stream_events(
                 }) => {
                     let lp = logprob
                         .filter(|_| s.logprobs)
-                        .map(|lp| wire_logprob(&s.tok, &lp));
+                        .map(|lp| wire_logprob(&s.model.tokenizer, &lp));
                     s.on_token(choice, text, lp);
                 }
                 Some(Event::Finished {

@@ -29,7 +29,7 @@ pub struct EngineConfig {
     pub prefill_chunk: usize,
     /// Run sequences one at a time instead of batching (for comparison benchmarks).
     pub batching: bool,
-    /// KV-cache storage: `f32` (faithful, default) or `f16` (half the memory).
+    /// KV-cache storage: `f16` (default, half the memory) or `f32` (exact).
     pub kv_cache: KvStorage,
 }
 
@@ -37,10 +37,11 @@ pub struct EngineConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KvStorage {
-    /// Exact.
-    #[default]
+    /// Exact, twice the memory.
     F32,
-    /// Half the memory; keys and values are rounded to f16 when stored.
+    /// Half the memory; keys and values are rounded to f16 when stored (as in
+    /// llama.cpp's default), attention computes in f32.
+    #[default]
     F16,
 }
 
@@ -51,7 +52,7 @@ impl Default for EngineConfig {
             max_queue: 64,
             prefill_chunk: 256,
             batching: true,
-            kv_cache: KvStorage::F32,
+            kv_cache: KvStorage::F16,
         }
     }
 }

@@ -135,16 +135,18 @@ impl Scheduler {
                             break;
                         }
                     };
+                // The whole sequence's cache is allocated at its first step: growing it
+                // by doubling would leave the smaller buffers behind in the allocator.
+                let config = self.model.llama.config();
+                let length = (shared.prompt.len() + params.max_tokens).min(config.context_length);
+                let dtype = match self.config.kv_cache {
+                    KvStorage::F32 => candle_core::DType::F32,
+                    KvStorage::F16 => candle_core::DType::F16,
+                };
                 self.running.push(Seq {
                     shared: shared.clone(),
                     choice,
-                    cache: match self.config.kv_cache {
-                        KvStorage::F32 => self.model.llama.new_cache(),
-                        KvStorage::F16 => KvCache::with_dtype(
-                            self.model.llama.config().num_layers,
-                            candle_core::DType::F16,
-                        ),
-                    },
+                    cache: KvCache::with_dtype(config.num_layers, dtype).reserving(length),
                     gen,
                     prefilled: 0,
                     next: None,

@@ -8,7 +8,9 @@ use super::objective::{self, Pair};
 use crate::model::{KvCache, Llama, LoraAdapter, Mode, Outputs, Result, SeqInput};
 
 /// Greedy answers to `prompts` (each at most `max_tokens`, stopping at any of
-/// `stop_ids`, which are included), decoded together in one batch.
+/// `stop_ids`, which are included), decoded together in one batch. Keys and values
+/// are cached in f16 as the serving engine does by default, each sequence's cache
+/// allocated once.
 pub fn greedy_batch(
     model: &Llama,
     adapter: Option<&LoraAdapter>,
@@ -16,11 +18,18 @@ pub fn greedy_batch(
     max_tokens: usize,
     stop_ids: &[u32],
 ) -> Result<Vec<Vec<u32>>> {
-    let mut caches: Vec<KvCache> = prompts.iter().map(|_| model.new_cache()).collect();
+    let context = model.config().context_length;
+    let layers = model.config().num_layers;
+    let mut caches: Vec<KvCache> = prompts
+        .iter()
+        .map(|p| {
+            KvCache::with_dtype(layers, candle_core::DType::F16)
+                .reserving((p.len() + max_tokens).min(context))
+        })
+        .collect();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
     let mut done = vec![false; prompts.len()];
     let mut next: Vec<Vec<u32>> = prompts.to_vec();
-    let context = model.config().context_length;
     for _ in 0..max_tokens {
         let live: Vec<usize> = (0..prompts.len()).filter(|&i| !done[i]).collect();
         if live.is_empty() {

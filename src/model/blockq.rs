@@ -26,6 +26,8 @@ const QK: usize = 32;
 const TILE: usize = 8;
 /// Above this many tokens, dequantizing the whole matrix and using a dense GEMM wins.
 pub(crate) const MAX_KERNEL_TOKENS: usize = 64;
+/// Largest slice of a weight matrix dequantized at once by [`BlockMatrix::matmul_dense`].
+const DENSE_SLICE_BYTES: usize = 8 << 20;
 /// Fewest output rows per parallel task; decode-sized products are split into about
 /// two tasks per thread, since waking threads costs more than small tasks save.
 const MIN_ROWS_PER_TASK: usize = 32;
@@ -163,6 +165,42 @@ impl BlockMatrix {
             .enumerate()
             .for_each(|(r, row)| self.dequantize_row(r, row));
         Ok(Tensor::from_vec(out, (self.rows, self.cols), device)?)
+    }
+
+    /// Rows `r0..r1` in f32, `(r1 - r0, cols)`.
+    fn dequantize_range(
+        &self,
+        r0: usize,
+        r1: usize,
+        device: &candle_core::Device,
+    ) -> Result<Tensor> {
+        let mut out = vec![0f32; (r1 - r0) * self.cols];
+        out.par_chunks_mut(self.cols)
+            .enumerate()
+            .for_each(|(r, row)| self.dequantize_row(r0 + r, row));
+        Ok(Tensor::from_vec(out, (r1 - r0, self.cols), device)?)
+    }
+
+    /// `x Wᵀ` through dense products on slices of the weight dequantized one at a time
+    /// (at most [`DENSE_SLICE_BYTES`] each), for inputs with too many tokens for the
+    /// kernel: the whole output head in f32 would be 113 MB for SmolLM2-135M.
+    pub(crate) fn matmul_dense(&self, x: &Tensor) -> Result<Tensor> {
+        self.matmul_sliced(x, DENSE_SLICE_BYTES)
+    }
+
+    fn matmul_sliced(&self, x: &Tensor, slice_bytes: usize) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        let per_slice = (slice_bytes / (self.cols * 4)).max(1);
+        if per_slice >= self.rows {
+            return Ok(x.matmul(&self.dequantize(x.device())?.t()?)?);
+        }
+        let mut parts = Vec::with_capacity(self.rows.div_ceil(per_slice));
+        for r0 in (0..self.rows).step_by(per_slice) {
+            let r1 = (r0 + per_slice).min(self.rows);
+            let w = self.dequantize_range(r0, r1, x.device())?;
+            parts.push(x.matmul(&w.t()?)?);
+        }
+        Ok(Tensor::cat(&parts, 1)?)
     }
 
     /// Rows `ids` dequantized, `(ids.len(), cols)` (embedding lookup).
@@ -540,6 +578,17 @@ mod tests {
                 0.0,
                 "{dtype:?} dequantization differs"
             );
+            // Dense products over slices of the weight agree with the whole product
+            // (70 rows: one slice, and four slices of 16 rows and one of 6).
+            let x = random(70, 96, 70);
+            let want = x.matmul(&dense.t().expect("t")).expect("matmul");
+            for slice_bytes in [1 << 20, 16 * 96 * 4] {
+                let got = m.matmul_sliced(&x, slice_bytes).expect("sliced");
+                assert!(
+                    max_diff(&got, &want) < 1e-5,
+                    "{dtype:?}: sliced product differs"
+                );
+            }
             for tokens in [1, 3, 8, 9, 17] {
                 let x = random(tokens, 96, tokens as u64);
                 let want = x.matmul(&dense.t().expect("t")).expect("matmul");

@@ -6,14 +6,19 @@ use super::error::Result;
 
 /// Cached keys and values of one sequence, for every layer.
 ///
-/// Each layer keeps two preallocated buffers of shape `(kv_heads, capacity, head_dim)`
-/// that grow in blocks of [`KvCache::BLOCK`] tokens, so appending a token copies only
-/// that token. Sequences of a batch each own one cache; the model never shares them.
+/// Each layer keeps two preallocated buffers of shape `(kv_heads, capacity, head_dim)`,
+/// so appending a token copies only that token. A cache made with
+/// [`KvCache::reserving`] allocates the sequence's whole length at once; otherwise the
+/// buffers double when full (at least [`KvCache::BLOCK`] tokens), which leaves freed
+/// smaller buffers behind in the allocator. Sequences of a batch each own one cache;
+/// the model never shares them.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<LayerKv>,
     /// Storage dtype (`None`: f32). Attention always computes in f32.
     storage: Option<DType>,
+    /// Capacity of the first allocation, in tokens (0: grow from [`KvCache::BLOCK`]).
+    reserve: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -32,6 +37,7 @@ impl KvCache {
         Self {
             layers: vec![LayerKv::default(); num_layers],
             storage: None,
+            reserve: 0,
         }
     }
 
@@ -41,7 +47,16 @@ impl KvCache {
         Self {
             layers: vec![LayerKv::default(); num_layers],
             storage: (dtype != DType::F32).then_some(dtype),
+            reserve: 0,
         }
+    }
+
+    /// This cache, allocating room for `tokens` tokens per layer on its first append
+    /// (the serving engine passes prompt plus `max_tokens`), so a sequence's buffers
+    /// are allocated once instead of doubling as it grows.
+    pub fn reserving(mut self, tokens: usize) -> Self {
+        self.reserve = tokens;
+        self
     }
 
     /// Tokens held (the position the next token will take).
@@ -84,7 +99,8 @@ impl KvCache {
     }
 
     /// Appends `k`, `v` of shape `(kv_heads, new, head_dim)` to `layer` and returns views
-    /// of everything cached for it, of shape `(kv_heads, len, head_dim)`.
+    /// of everything cached for it, of shape `(kv_heads, len, head_dim)`, in the storage
+    /// dtype (callers widen f16 to f32 for attention).
     pub(crate) fn append(
         &mut self,
         layer: usize,
@@ -97,8 +113,12 @@ impl KvCache {
         let needed = l.len + new;
         let capacity = l.k.as_ref().map_or(0, |t| t.dim(1).unwrap_or(0));
         if needed > capacity {
-            let cap = needed.div_ceil(Self::BLOCK) * Self::BLOCK;
-            let cap = cap.max(capacity * 2).max(Self::BLOCK);
+            let cap = if capacity == 0 && self.reserve >= needed {
+                self.reserve
+            } else {
+                let cap = needed.div_ceil(Self::BLOCK) * Self::BLOCK;
+                cap.max(capacity * 2).max(Self::BLOCK)
+            };
             let grow = |old: &Option<Tensor>| -> Result<Tensor> {
                 let buf = Tensor::zeros((heads, cap, dim), dtype, k.device())?;
                 if let Some(old) = old {
@@ -124,11 +144,6 @@ impl KvCache {
         kb.slice_set(&k.to_dtype(dtype)?.contiguous()?, 1, l.len)?;
         vb.slice_set(&v.to_dtype(dtype)?.contiguous()?, 1, l.len)?;
         l.len = needed;
-        let (kv, vv) = (kb.narrow(1, 0, needed)?, vb.narrow(1, 0, needed)?);
-        if dtype == DType::F32 {
-            Ok((kv, vv))
-        } else {
-            Ok((kv.to_dtype(DType::F32)?, vv.to_dtype(DType::F32)?))
-        }
+        Ok((kb.narrow(1, 0, needed)?, vb.narrow(1, 0, needed)?))
     }
 }

@@ -618,6 +618,7 @@ impl Llama {
                         values,
                     });
                 } else {
+                    let (keys, values) = (keys.to_dtype(DType::F32)?, values.to_dtype(DType::F32)?);
                     outs[i] = Some(self.attend(&narrow(&q)?, &keys, &values, train)?);
                 }
             }
@@ -758,15 +759,17 @@ struct DirectJob {
     values: Tensor,
 }
 
-/// f32 data and layout of a CPU tensor, for reading without candle ops.
+/// Data and layout of a CPU tensor (f32, or f16 for cached keys and values), for
+/// reading without candle ops.
 fn cpu_data(t: &Tensor) -> Result<(candle_core::StorageRef<'_>, &candle_core::Layout)> {
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
-        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(_))
-            if layout.stride().last() == Some(&1) => {}
+        candle_core::Storage::Cpu(
+            candle_core::CpuStorage::F32(_) | candle_core::CpuStorage::F16(_),
+        ) if layout.stride().last() == Some(&1) => {}
         _ => {
             return Err(Error::InvalidArgument(
-                "direct attention needs f32 CPU tensors with unit inner stride".into(),
+                "direct attention needs f32 or f16 CPU tensors with unit inner stride".into(),
             ))
         }
     }
@@ -780,10 +783,35 @@ fn f32_slice<'a>(s: &'a candle_core::StorageRef<'_>) -> &'a [f32] {
     }
 }
 
+/// One head's `rows` cached rows of width `hd`, starting at `offset` with row stride
+/// `stride`, as f32: borrowed when stored as f32, widened into `scratch` when f16.
+fn kv_rows<'a>(
+    s: &'a candle_core::StorageRef<'_>,
+    offset: usize,
+    stride: usize,
+    rows: usize,
+    hd: usize,
+    scratch: &'a mut Vec<f32>,
+) -> (&'a [f32], usize) {
+    use half::slice::HalfFloatSliceExt;
+    match &**s {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F16(v)) => {
+            scratch.resize(rows * hd, 0.0);
+            for p in 0..rows {
+                let at = offset + p * stride;
+                v[at..at + hd].convert_to_f32_slice(&mut scratch[p * hd..(p + 1) * hd]);
+            }
+            (&scratch[..], hd)
+        }
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => (&v[offset..], stride),
+        _ => (&[], stride),
+    }
+}
+
 /// Causal attention for several sequences at once, computed directly over their
-/// key/value buffers (strided views of the caches) in one parallel pass: no per-sequence
-/// tensor ops. `q` is `(heads, total new tokens, head_dim)`; returns each job's
-/// `(new, heads·head_dim)` output. Serving only (no autograd).
+/// key/value buffers (strided views of the caches, f32 or f16) in one parallel pass: no
+/// per-sequence tensor ops. `q` is `(heads, total new tokens, head_dim)`; returns each
+/// job's `(new, heads·head_dim)` output. Serving only (no autograd).
 fn attend_direct(q: &Tensor, jobs: &[DirectJob], nkv: usize) -> Result<Vec<(usize, Tensor)>> {
     use rayon::prelude::*;
     let q = q.contiguous()?;
@@ -815,8 +843,10 @@ fn attend_direct(q: &Tensor, jobs: &[DirectJob], nkv: usize) -> Result<Vec<(usiz
         .map(|&(j, h)| {
             let job = &jobs[j];
             let (ks, ko, kst, vs, vo, vst, s) = &views[j];
-            let (k, v) = (f32_slice(ks), f32_slice(vs));
             let kvh = h / g;
+            let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
+            let (k, kstride) = kv_rows(ks, ko + kvh * kst[0], kst[1], *s, hd, &mut kbuf);
+            let (v, vstride) = kv_rows(vs, vo + kvh * vst[0], vst[1], *s, hd, &mut vbuf);
             let mut out = vec![0f32; job.len * hd];
             let mut scores = vec![0f32; *s];
             for l in 0..job.len {
@@ -824,7 +854,7 @@ fn attend_direct(q: &Tensor, jobs: &[DirectJob], nkv: usize) -> Result<Vec<(usiz
                 let qrow = &qv[h * total * hd + (job.start + l) * hd..][..hd];
                 let mut max = f32::NEG_INFINITY;
                 for (p, score) in scores.iter_mut().enumerate().take(visible) {
-                    let krow = &k[ko + kvh * kst[0] + p * kst[1]..][..hd];
+                    let krow = &k[p * kstride..][..hd];
                     let mut acc = [0f32; 8];
                     for (qc, kc) in qrow.chunks_exact(8).zip(krow.chunks_exact(8)) {
                         for i in 0..8 {
@@ -846,7 +876,7 @@ fn attend_direct(q: &Tensor, jobs: &[DirectJob], nkv: usize) -> Result<Vec<(usiz
                 let o = &mut out[l * hd..(l + 1) * hd];
                 for (p, &w) in scores.iter().enumerate().take(visible) {
                     let w = w / sum;
-                    let vrow = &v[vo + kvh * vst[0] + p * vst[1]..][..hd];
+                    let vrow = &v[p * vstride..][..hd];
                     for (oi, vi) in o.iter_mut().zip(vrow) {
                         *oi += w * vi;
                     }

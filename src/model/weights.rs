@@ -177,7 +177,7 @@ impl BaseLinear {
             LinearWeight::Blocks(b) if x.dim(0)? <= MAX_KERNEL_TOKENS && x.device().is_cpu() => {
                 b.matmul(x)?
             }
-            LinearWeight::Blocks(b) => x.matmul(&b.dequantize(x.device())?.t()?)?,
+            LinearWeight::Blocks(b) => b.matmul_dense(x)?,
         };
         match &self.bias {
             Some(b) => Ok(y.broadcast_add(b)?),

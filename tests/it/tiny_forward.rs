@@ -252,3 +252,44 @@ fn an_f16_kv_cache_halves_memory_and_stays_close_to_f32() {
     assert_eq!(half.len(), exact.len());
     assert_eq!(half.size_in_bytes() * 2, exact.size_in_bytes());
 }
+
+#[test]
+fn a_reserving_cache_allocates_once_and_still_grows_past_its_reservation() {
+    let (_dir, m) = tiny_model(Tiny::default(), 17);
+    let model = &m.llama;
+    let layers = model.config().num_layers;
+    let tokens: Vec<u32> = (0..60u32).map(|i| (i * 7 + 3) % 96).collect();
+    let mut plain = model.new_cache();
+    let mut reserved = KvCache::with_dtype(layers, candle_core::DType::F32).reserving(40);
+    let a = run(model, &tokens[..10], Some(&mut plain), Outputs::LastToken);
+    let b = run(
+        model,
+        &tokens[..10],
+        Some(&mut reserved),
+        Outputs::LastToken,
+    );
+    assert!(max_abs_diff(&a, &b) < 1e-6);
+    // Room for 40 tokens from the first step on; the plain cache starts at one block.
+    let size = reserved.size_in_bytes();
+    assert_eq!(size * KvCache::BLOCK, plain.size_in_bytes() * 40);
+    for &t in &tokens[10..40] {
+        run(model, &[t], Some(&mut reserved), Outputs::LastToken);
+        assert_eq!(
+            reserved.size_in_bytes(),
+            size,
+            "reallocated within the reservation"
+        );
+    }
+    for &t in &tokens[10..60] {
+        run(model, &[t], Some(&mut plain), Outputs::LastToken);
+    }
+    // Past it, the cache grows and still computes the same thing.
+    for &t in &tokens[40..60] {
+        run(model, &[t], Some(&mut reserved), Outputs::LastToken);
+    }
+    assert!(reserved.size_in_bytes() > size);
+    assert_eq!(reserved.len(), 60);
+    let again = run(model, &[5], Some(&mut reserved), Outputs::LastToken);
+    let expected = run(model, &[5], Some(&mut plain), Outputs::LastToken);
+    assert!(max_abs_diff(&again, &expected) < 1e-6);
+}
