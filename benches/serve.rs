@@ -3,6 +3,7 @@
 //! ```text
 //! cargo bench --bench serve                 # throughput/TTFT table, then memory
 //! cargo bench --bench serve -- --batching-on-only
+//! cargo bench --bench serve -- --batching-on-only --clients 8   # one load level
 //! cargo bench --bench serve -- --memory     # only peak RSS with 8 x 1k-token contexts
 //! cargo bench --bench serve -- --memory --f32-kv   # the same with an f32 KV cache
 //! ```
@@ -183,11 +184,23 @@ fn main() {
     } else {
         &[true, false]
     };
+    // `--clients N`: only that many (for profiling one load level).
+    let only: Option<usize> = args
+        .iter()
+        .position(|a| a == "--clients")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok());
     for &batching in modes {
         for clients in [1, 4, 8, 16] {
+            if only.is_some_and(|n| n != clients) {
+                continue;
+            }
             let per_client = if clients == 1 { 4 } else { 2 };
             load(batching, clients, per_client);
         }
+    }
+    if only.is_some() {
+        return;
     }
     let exe = std::env::current_exe().expect("exe");
     let status = Command::new(exe)

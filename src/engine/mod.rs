@@ -128,9 +128,19 @@ impl Engine {
         let (tx, rx) = mpsc::channel();
         let waiting = Arc::new(AtomicUsize::new(0));
         let sched = scheduler::Scheduler::new(model, config.clone(), metrics, waiting.clone());
+        // The engine's own compute threads, as many as the global pool's (one per
+        // core); the learner keeps using the global pool.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .thread_name(|i| format!("tether-compute-{i}"))
+            .build()
+            .map_err(|e| {
+                tracing::warn!("no compute pool for the engine ({e}); using the global one")
+            })
+            .ok();
         std::thread::Builder::new()
             .name("tether-engine".into())
-            .spawn(move || sched.run(rx))
+            .spawn(move || sched.run(rx, pool))
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!("cannot start the engine thread: {e}"));
         Self {

@@ -67,7 +67,12 @@ impl Scheduler {
         }
     }
 
-    pub(super) fn run(mut self, rx: mpsc::Receiver<Request>) {
+    /// The engine loop. Each step runs inside `pool` (when there is one): the matrix
+    /// products, attention and element-wise ops of a forward pass are a few hundred
+    /// small parallel jobs, and a thread outside the pool would hand each to the pool
+    /// and sleep until it is done, two context switches per job. Inside it, this
+    /// thread works on them itself.
+    pub(super) fn run(mut self, rx: mpsc::Receiver<Request>, pool: Option<rayon::ThreadPool>) {
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
                 match rx.recv() {
@@ -85,7 +90,10 @@ impl Scheduler {
                 .running_sequences
                 .set(self.running.len() as i64);
             if !self.running.is_empty() {
-                self.step();
+                match &pool {
+                    Some(pool) => pool.install(|| self.step()),
+                    None => self.step(),
+                }
             }
             self.reap();
             let kv: usize = self.running.iter().map(|s| s.cache.size_in_bytes()).sum();

@@ -443,8 +443,10 @@ mod avx2 {
         }
     }
 
-    /// One row against `NT` tokens: each block is unpacked once and reused for every
-    /// token; `NT` is a constant so the accumulators stay in registers.
+    /// One row against `NT` tokens: each block is dequantized once (`q·d + m`, in f32)
+    /// and multiplied into every token's accumulator; `NT` is a constant so the
+    /// accumulators stay in registers. (`sums` is unused here: the offset is part of
+    /// the dequantized weights.)
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
@@ -455,24 +457,31 @@ mod avx2 {
         bs: usize,
         cols: usize,
         x: *const f32,
-        sums: *const f32,
+        _sums: *const f32,
         out: &mut [f32],
     ) {
         let mut acc = [_mm256_setzero_ps(); NT];
-        let mut macc = [0f32; NT];
         for b in 0..nb {
             let blk = row.add(b * bs);
             let (d, mm) = scales(kind, blk);
-            let w = unpack(kind, blk);
-            let dv = _mm256_set1_ps(d);
-            for t in 0..NT {
-                let s = block_dot(&w, x.add(t * cols + b * QK));
-                acc[t] = _mm256_fmadd_ps(dv, s, acc[t]);
-                macc[t] += mm * *sums.add(t * nb + b);
+            let q = unpack(kind, blk);
+            let (dv, mv) = (_mm256_set1_ps(d), _mm256_set1_ps(mm));
+            let w = [
+                _mm256_fmadd_ps(q[0], dv, mv),
+                _mm256_fmadd_ps(q[1], dv, mv),
+                _mm256_fmadd_ps(q[2], dv, mv),
+                _mm256_fmadd_ps(q[3], dv, mv),
+            ];
+            for (t, a) in acc.iter_mut().enumerate() {
+                let xs = x.add(t * cols + b * QK);
+                let mut v = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xs), *a);
+                v = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xs.add(8)), v);
+                v = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xs.add(16)), v);
+                *a = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xs.add(24)), v);
             }
         }
         for t in 0..NT {
-            out[t] = hsum(acc[t]) + macc[t];
+            out[t] = hsum(acc[t]);
         }
     }
 }

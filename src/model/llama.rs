@@ -835,50 +835,54 @@ fn attend_direct(q: &Tensor, jobs: &[DirectJob], nkv: usize) -> Result<Vec<(usiz
             s,
         ));
     }
+    // One work item per sequence and key/value head: the head's cached rows are read
+    // (and widened from f16) once for the `g` query heads that share them.
     let work: Vec<(usize, usize)> = (0..jobs.len())
-        .flat_map(|j| (0..nh).map(move |h| (j, h)))
+        .flat_map(|j| (0..nkv).map(move |kvh| (j, kvh)))
         .collect();
     let results: Vec<Vec<f32>> = work
         .par_iter()
-        .map(|&(j, h)| {
+        .map(|&(j, kvh)| {
             let job = &jobs[j];
             let (ks, ko, kst, vs, vo, vst, s) = &views[j];
-            let kvh = h / g;
             let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
             let (k, kstride) = kv_rows(ks, ko + kvh * kst[0], kst[1], *s, hd, &mut kbuf);
             let (v, vstride) = kv_rows(vs, vo + kvh * vst[0], vst[1], *s, hd, &mut vbuf);
-            let mut out = vec![0f32; job.len * hd];
+            // (g query heads) x (new tokens) x hd
+            let mut out = vec![0f32; g * job.len * hd];
             let mut scores = vec![0f32; *s];
-            for l in 0..job.len {
-                let visible = s - job.len + l + 1;
-                let qrow = &qv[h * total * hd + (job.start + l) * hd..][..hd];
-                let mut max = f32::NEG_INFINITY;
-                for (p, score) in scores.iter_mut().enumerate().take(visible) {
-                    let krow = &k[p * kstride..][..hd];
-                    let mut acc = [0f32; 8];
-                    for (qc, kc) in qrow.chunks_exact(8).zip(krow.chunks_exact(8)) {
-                        for i in 0..8 {
-                            acc[i] += qc[i] * kc[i];
+            for (hi, h) in (kvh * g..(kvh + 1) * g).enumerate() {
+                for l in 0..job.len {
+                    let visible = s - job.len + l + 1;
+                    let qrow = &qv[h * total * hd + (job.start + l) * hd..][..hd];
+                    let mut max = f32::NEG_INFINITY;
+                    for (p, score) in scores.iter_mut().enumerate().take(visible) {
+                        let krow = &k[p * kstride..][..hd];
+                        let mut acc = [0f32; 8];
+                        for (qc, kc) in qrow.chunks_exact(8).zip(krow.chunks_exact(8)) {
+                            for i in 0..8 {
+                                acc[i] += qc[i] * kc[i];
+                            }
                         }
+                        let mut dot: f32 = acc.iter().sum();
+                        for i in (hd / 8) * 8..hd {
+                            dot += qrow[i] * krow[i];
+                        }
+                        *score = dot * scale;
+                        max = max.max(*score);
                     }
-                    let mut dot: f32 = acc.iter().sum();
-                    for i in (hd / 8) * 8..hd {
-                        dot += qrow[i] * krow[i];
+                    let mut sum = 0f32;
+                    for score in scores.iter_mut().take(visible) {
+                        *score = (*score - max).exp();
+                        sum += *score;
                     }
-                    *score = dot * scale;
-                    max = max.max(*score);
-                }
-                let mut sum = 0f32;
-                for score in scores.iter_mut().take(visible) {
-                    *score = (*score - max).exp();
-                    sum += *score;
-                }
-                let o = &mut out[l * hd..(l + 1) * hd];
-                for (p, &w) in scores.iter().enumerate().take(visible) {
-                    let w = w / sum;
-                    let vrow = &v[p * vstride..][..hd];
-                    for (oi, vi) in o.iter_mut().zip(vrow) {
-                        *oi += w * vi;
+                    let o = &mut out[(hi * job.len + l) * hd..][..hd];
+                    for (p, &w) in scores.iter().enumerate().take(visible) {
+                        let w = w / sum;
+                        let vrow = &v[p * vstride..][..hd];
+                        for (oi, vi) in o.iter_mut().zip(vrow) {
+                            *oi += w * vi;
+                        }
                     }
                 }
             }
@@ -891,10 +895,11 @@ fn attend_direct(q: &Tensor, jobs: &[DirectJob], nkv: usize) -> Result<Vec<(usiz
     for (j, job) in jobs.iter().enumerate() {
         let mut data = vec![0f32; job.len * nh * hd];
         for h in 0..nh {
-            let r = &results[j * nh + h];
+            let (kvh, hi) = (h / g, h % g);
+            let r = &results[j * nkv + kvh];
             for l in 0..job.len {
                 data[l * nh * hd + h * hd..l * nh * hd + (h + 1) * hd]
-                    .copy_from_slice(&r[l * hd..(l + 1) * hd]);
+                    .copy_from_slice(&r[(hi * job.len + l) * hd..][..hd]);
             }
         }
         outputs.push((
