@@ -29,6 +29,7 @@ pub mod engine;
 pub mod feedback;
 pub mod jsonl;
 pub mod learner;
+pub mod memory;
 pub mod model;
 pub mod monitoring;
 pub mod privacy;

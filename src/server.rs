@@ -181,26 +181,6 @@ fn reload_on_sighup(safety: &Arc<Safety>) {
     let _ = safety;
 }
 
-/// Makes glibc's allocator return large freed blocks to the OS.
-///
-/// glibc serves blocks above a threshold with `mmap`, but raises that threshold to the
-/// size of any such block freed (up to 32 MB). After the model loads, KV-cache buffers,
-/// activations and logits then come from heap arenas, where freed ones linger as
-/// fragmentation: serving 8 sequences of 1k tokens peaked about 70 MB higher. A fixed
-/// 64 KiB threshold keeps them mapped and unmapped on free. `MALLOC_MMAP_THRESHOLD_`
-/// in the environment still wins.
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-        // SAFETY: mallopt only changes allocator parameters; it is thread-safe and
-        // takes effect for later allocations.
-        let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024) };
-        if ok != 1 {
-            tracing::debug!("mallopt(M_MMAP_THRESHOLD) was refused");
-        }
-    }
-}
-
 /// Serves the API on `listener` until `shutdown` resolves, then lets in-flight
 /// requests finish for up to `server.shutdown_grace_secs`.
 pub async fn serve(
@@ -208,7 +188,7 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    tune_allocator();
+    crate::memory::tune_for_serving();
     let data_dir = data_dir(&config);
     let store = Arc::new(Store::open(&data_dir)?);
     let metrics = Arc::new(Metrics::new()?);

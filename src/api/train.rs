@@ -112,7 +112,17 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     auth::operator(&st, &headers)?;
     let runs = st.store.runs(100).map_err(ApiError::internal)?;
-    Ok(Json(json!({"object": "list", "data": runs})))
+    let learner = st
+        .ready
+        .get()
+        .and_then(|r| r.learner.as_deref())
+        .map_or_else(
+            || json!({"enabled": false}),
+            |l| json!({"enabled": true, "prepared": l.is_prepared()}),
+        );
+    Ok(Json(
+        json!({"object": "list", "data": runs, "learner": learner}),
+    ))
 }
 
 /// `GET /admin/train/{id}`: one run's progress and outcome.

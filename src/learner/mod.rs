@@ -21,4 +21,6 @@ pub use config::LearnerConfig;
 pub use objective::Pair;
 pub use service::{Error, Learner, Overrides};
 pub use sft::{sft_loss, SftExample, SftTrainer};
-pub use train::{train, Correction, Hyper, Outcome, Preference, Rated, StepLog, TrainSet};
+pub use train::{
+    train, AnchorCache, Correction, Hyper, Outcome, Preference, Rated, StepLog, TrainSet,
+};

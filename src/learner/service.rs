@@ -122,9 +122,20 @@ pub struct Learner {
     jobs: Mutex<mpsc::Sender<Job>>,
     active: Mutex<Option<String>>,
     references: OnceLock<References>,
+    /// The base's hidden states of the anchors below the adapted layers.
+    anchor_cache: Arc<super::AnchorCache>,
+    /// Whether the start-up preparation (anchors, the gate's suite) has finished.
+    prepared: std::sync::atomic::AtomicBool,
 }
 
 impl Learner {
+    /// Whether the start-up preparation (the base's answers to the anchors and the
+    /// evaluation suite, the serving version's red-team rate) has finished; runs
+    /// requested before then wait for it.
+    pub fn is_prepared(&self) -> bool {
+        self.prepared.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Starts the learner thread; its versions go to `rollout`'s registry, its
     /// candidates through `gate`. Runs left queued or running by a previous process
     /// are marked `interrupted`.
@@ -160,6 +171,8 @@ impl Learner {
             jobs: Mutex::new(tx),
             active: Mutex::new(None),
             references: OnceLock::new(),
+            anchor_cache: Arc::default(),
+            prepared: std::sync::atomic::AtomicBool::new(false),
         });
         let me = Arc::downgrade(&learner);
         std::thread::Builder::new()
@@ -314,6 +327,7 @@ impl Learner {
     ) -> Result<(TrainSet, HashSet<String>), Error> {
         let mut set = TrainSet {
             anchors: self.references()?.anchors.clone(),
+            anchor_cache: Some(self.anchor_cache.clone()),
             ..TrainSet::default()
         };
         for (f, w, _) in items {
@@ -779,34 +793,24 @@ impl Learner {
     }
 }
 
+/// The learner thread. Its compute runs on a worker of rayon's global pool
+/// (`rayon::scope` from outside the pool moves the closure there): a thread outside the
+/// pool would hand each of a step's many parallel ops to the pool and sleep until it
+/// is done; a worker works on them itself (steps about 18% faster here).
 fn worker(me: std::sync::Weak<Learner>, rx: mpsc::Receiver<Job>) {
     let poll = me.upgrade().map_or(5, |l| l.config.poll_secs.max(1));
     // Prepare the anchors and the gate's suite before the first run needs them.
     if let Some(l) = me.upgrade() {
-        if let Err(e) = l.references() {
-            tracing::error!("cannot prepare the learner's anchors: {e}");
-        }
-        let serving = l.registry.serving().ok();
-        let adapter = serving.as_ref().and_then(|v| l.registry.adapter(v));
-        let id = serving.as_ref().map_or("", |v| v.id.as_str());
-        let layers = l.model.llama.config().num_layers;
-        let first = adapter.as_ref().map_or_else(
-            || {
-                (0..layers)
-                    .find(|&i| l.lora.adapts_layer(i, layers))
-                    .unwrap_or(0)
-            },
-            |a| a.first_layer(),
-        );
-        if let Err(e) = l.gate.prepare((id, adapter.as_deref()), first) {
-            tracing::error!("cannot prepare the evaluation gate's suite: {e}");
-        }
+        rayon::scope(|_| prepare(&l));
     }
     let mut last_run = Instant::now();
     loop {
         match rx.recv_timeout(Duration::from_secs(poll)) {
             Ok(job) => match me.upgrade() {
-                Some(l) => l.execute(job),
+                Some(l) => {
+                    let _bulk = crate::memory::BulkWork::begin();
+                    rayon::scope(|_| l.execute(job))
+                }
                 None => return,
             },
             Err(RecvTimeoutError::Timeout) => match me.upgrade() {
@@ -816,6 +820,35 @@ fn worker(me: std::sync::Weak<Learner>, rx: mpsc::Receiver<Job>) {
             Err(RecvTimeoutError::Disconnected) => return,
         }
     }
+}
+
+/// Prepares the anchors and the gate's suite (the base's answers, hidden states and
+/// the serving version's red-team rate) before the first run needs them.
+fn prepare(l: &Learner) {
+    if let Err(e) = l.references() {
+        tracing::error!("cannot prepare the learner's anchors: {e}");
+    }
+    let serving = l.registry.serving().ok();
+    let adapter = serving.as_ref().and_then(|v| l.registry.adapter(v));
+    let id = serving.as_ref().map_or("", |v| v.id.as_str());
+    let layers = l.model.llama.config().num_layers;
+    let first = adapter.as_ref().map_or_else(
+        || {
+            (0..layers)
+                .find(|&i| l.lora.adapts_layer(i, layers))
+                .unwrap_or(0)
+        },
+        |a| a.first_layer(),
+    );
+    if let Ok(refs) = l.references() {
+        if let Err(e) = l.anchor_cache.get(&l.model.llama, &refs.anchors, first) {
+            tracing::error!("cannot prepare the anchors' hidden states: {e}");
+        }
+    }
+    if let Err(e) = l.gate.prepare((id, adapter.as_deref()), first) {
+        tracing::error!("cannot prepare the evaluation gate's suite: {e}");
+    }
+    l.prepared.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// Whether `text` carries an anonymization placeholder (`<PERSON_1>`, `<EMAIL_ADDRESS>`).

@@ -5,6 +5,9 @@
 //! [`Hyper`]parameters (seed included): on CPU, running it again gives the same
 //! adapter bytes.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use candle_core::Tensor;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
@@ -89,6 +92,32 @@ pub struct TrainSet {
     pub ratings: Vec<Rated>,
     /// Anchor texts for the KL penalty (never feedback).
     pub anchors: Vec<Pair>,
+    /// The base's hidden states of exactly these anchors, kept across runs (the
+    /// learner's anchors and base never change); computed on first use when absent.
+    pub anchor_cache: Option<Arc<AnchorCache>>,
+}
+
+/// The base's hidden states of a fixed set of anchors entering each layer where
+/// adapters began, computed once ([`objective::hidden_before`]).
+#[derive(Debug, Default)]
+pub struct AnchorCache {
+    layers: Mutex<HashMap<usize, Arc<Vec<Tensor>>>>,
+}
+
+impl AnchorCache {
+    /// The hidden states of `anchors` entering `layer`, computed on first request.
+    pub fn get(&self, model: &Llama, anchors: &[Pair], layer: usize) -> Result<Arc<Vec<Tensor>>> {
+        let mut map = self.layers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = map.get(&layer) {
+            if h.len() == anchors.len() {
+                return Ok(h.clone());
+            }
+        }
+        let pairs: Vec<&Pair> = anchors.iter().collect();
+        let h = Arc::new(objective::hidden_before(model, &pairs, layer)?);
+        map.insert(layer, h.clone());
+        Ok(h)
+    }
 }
 
 impl TrainSet {
@@ -184,27 +213,34 @@ pub fn train(
             .map(|s| s.logp)
             .collect()
     };
-    let anchor_refs: Vec<Tensor> = if set.anchors.is_empty() || h.kl_weight <= 0.0 {
+    // Below the first adapted layer the activations of every training text are the
+    // same at every step: compute them once (the anchors' once per learner).
+    let layer = adapter.first_layer();
+    let feedback_hidden = objective::hidden_before(model, &feedback, layer)?;
+    let anchor_hidden: Vec<Tensor> = if set.anchors.is_empty() || h.kl_weight <= 0.0 {
+        Vec::new()
+    } else {
+        let cache = set.anchor_cache.clone().unwrap_or_default();
+        cache.get(model, &set.anchors, layer)?.to_vec()
+    };
+    let anchor_refs: Vec<Tensor> = if anchor_hidden.is_empty() {
         Vec::new()
     } else {
         let pairs: Vec<&Pair> = set.anchors.iter().collect();
         let keep = vec![true; pairs.len()];
-        objective::score(model, None, &pairs, &keep, Mode::Serve)?
-            .full
-            .into_iter()
-            .map(|t| t.ok_or_else(|| Error::InvalidArgument("missing anchor rows".into())))
-            .collect::<Result<_>>()?
-    };
-
-    // Below the first adapted layer the activations of every training text are the
-    // same at every step: compute them once.
-    let layer = adapter.first_layer();
-    let feedback_hidden = objective::hidden_before(model, &feedback, layer)?;
-    let anchor_hidden = if anchor_refs.is_empty() {
-        Vec::new()
-    } else {
-        let pairs: Vec<&Pair> = set.anchors.iter().collect();
-        objective::hidden_before(model, &pairs, layer)?
+        let hidden: Vec<&Tensor> = anchor_hidden.iter().collect();
+        objective::score_from(
+            model,
+            None,
+            &pairs,
+            &keep,
+            Mode::Serve,
+            Some((layer, &hidden)),
+        )?
+        .full
+        .into_iter()
+        .map(|t| t.ok_or_else(|| Error::InvalidArgument("missing anchor rows".into())))
+        .collect::<Result<_>>()?
     };
 
     let np = set.preferences.len();

@@ -201,10 +201,12 @@ fn ten_corrections_become_a_serving_version_close_to_the_base_that_survives_rest
     let top1 = eval["probe_top1"].as_f64().expect("top1");
     eprintln!(
         "learner: 10 corrections -> {v2} serving {:.1} s after the last correction; {} steps, \
-         probe KL {kl:.4}, top-1 agreement {top1:.3}, retention {}",
+         probe KL {kl:.4}, top-1 agreement {top1:.3}, retention {}; run {} s, of which gate {}",
         serving_after.as_secs_f64(),
         done["detail"]["steps"],
-        eval["retention"]
+        eval["retention"],
+        done["detail"]["seconds"],
+        eval["details"]["seconds"],
     );
     assert!(kl <= MAX_PROBE_KL, "probe KL {kl}");
     assert!(top1 >= MIN_PROBE_TOP1, "probe top-1 agreement {top1}");
