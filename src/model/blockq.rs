@@ -426,17 +426,16 @@ mod avx2 {
             while t0 < tokens {
                 let nt = (tokens - t0).min(TILE);
                 let x0 = xp.add(t0 * cols);
-                let s0 = sp.add(t0 * nb);
                 let o = &mut o[t0..t0 + nt];
                 match nt {
-                    8 => tile::<8>(kind, row, nb, bs, cols, x0, s0, o),
-                    7 => tile::<7>(kind, row, nb, bs, cols, x0, s0, o),
-                    6 => tile::<6>(kind, row, nb, bs, cols, x0, s0, o),
-                    5 => tile::<5>(kind, row, nb, bs, cols, x0, s0, o),
-                    4 => tile::<4>(kind, row, nb, bs, cols, x0, s0, o),
-                    3 => tile::<3>(kind, row, nb, bs, cols, x0, s0, o),
-                    2 => tile::<2>(kind, row, nb, bs, cols, x0, s0, o),
-                    _ => tile::<1>(kind, row, nb, bs, cols, x0, s0, o),
+                    8 => tile::<8>(kind, row, nb, bs, cols, x0, o),
+                    7 => tile::<7>(kind, row, nb, bs, cols, x0, o),
+                    6 => tile::<6>(kind, row, nb, bs, cols, x0, o),
+                    5 => tile::<5>(kind, row, nb, bs, cols, x0, o),
+                    4 => tile::<4>(kind, row, nb, bs, cols, x0, o),
+                    3 => tile::<3>(kind, row, nb, bs, cols, x0, o),
+                    2 => tile::<2>(kind, row, nb, bs, cols, x0, o),
+                    _ => tile::<1>(kind, row, nb, bs, cols, x0, o),
                 }
                 t0 += nt;
             }
@@ -445,8 +444,8 @@ mod avx2 {
 
     /// One row against `NT` tokens: each block is dequantized once (`q·d + m`, in f32)
     /// and multiplied into every token's accumulator; `NT` is a constant so the
-    /// accumulators stay in registers. (`sums` is unused here: the offset is part of
-    /// the dequantized weights.)
+    /// accumulators stay in registers (the offset `m` is part of the dequantized
+    /// weights, so no block sums are needed).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
@@ -457,7 +456,6 @@ mod avx2 {
         bs: usize,
         cols: usize,
         x: *const f32,
-        _sums: *const f32,
         out: &mut [f32],
     ) {
         let mut acc = [_mm256_setzero_ps(); NT];
