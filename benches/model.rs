@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench model                 # all paths
 //! cargo bench --bench model -- --compute qf32
+//! cargo bench --bench model -- --decode-only 8 --prompt 40   # batched decode only, in a pool as the engine runs it
 //! ```
 //!
 //! Prints decode tokens/s (one sequence: 128 tokens after a 200-token prompt), prefill
@@ -31,6 +32,30 @@ fn main() {
         .position(|a| a == "--compute")
         .and_then(|i| args.get(i + 1))
         .map(|c| c.parse::<ComputePath>().expect("--compute qf32|f32|f16|q8"));
+    // `--decode-only N`: only batched decode of N sequences, inside a thread pool as
+    // the engine runs it (for profiling).
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--decode-only")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        let opts = LoadOptions {
+            compute: compute.unwrap_or_default(),
+            ..LoadOptions::default()
+        };
+        let m = LoadedModel::load(&ModelSpec::Default, &opts).expect("load default model");
+        let pool = rayon::ThreadPoolBuilder::new().build().expect("pool");
+        let prompt = args
+            .iter()
+            .position(|a| a == "--prompt")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(200);
+        let rate = pool.install(|| decode_rate(&m, n, prompt, 128));
+        println!("aggregate decode, {n} sequences after {prompt}-token prompts: {rate:.1} tok/s");
+        return;
+    }
     match compute {
         Some(c) => run(c),
         None => {
@@ -91,11 +116,11 @@ fn prefill_rate(m: &LoadedModel, n: usize) -> f64 {
     n as f64 / best
 }
 
-/// Aggregate decode tokens/s for `batch` sequences after 200-token prompts.
-fn decode_rate(m: &LoadedModel, batch: usize, steps: usize) -> f64 {
+/// Aggregate decode tokens/s for `batch` sequences after `prompt`-token prompts.
+fn decode_rate(m: &LoadedModel, batch: usize, prompt: usize, steps: usize) -> f64 {
     let mut caches: Vec<KvCache> = (0..batch).map(|_| m.llama.new_cache()).collect();
     let mut next: Vec<u32> = (0..batch)
-        .map(|i| prefill(m, &prompt_tokens(m, 200, i * 7), &mut caches[i])[0])
+        .map(|i| prefill(m, &prompt_tokens(m, prompt, i * 7), &mut caches[i])[0])
         .collect();
     let t = Instant::now();
     for _ in 0..steps {
@@ -156,9 +181,9 @@ fn run(compute: ComputePath) {
     let load = t.elapsed().as_secs_f64();
     let p200 = prefill_rate(&m, 200);
     let p512 = prefill_rate(&m, 512);
-    let d1 = decode_rate(&m, 1, 128);
-    let d4 = decode_rate(&m, 4, 64);
-    let d8 = decode_rate(&m, 8, 64);
+    let d1 = decode_rate(&m, 1, 200, 128);
+    let d4 = decode_rate(&m, 4, 200, 64);
+    let d8 = decode_rate(&m, 8, 200, 64);
     let serving_rss = peak_rss_mb();
     let step = lora_step(&m);
     let (step_s, step_tps) = match step {

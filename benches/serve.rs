@@ -6,6 +6,7 @@
 //! cargo bench --bench serve -- --batching-on-only --clients 8   # one load level
 //! cargo bench --bench serve -- --memory     # only peak RSS with 8 x 1k-token contexts
 //! cargo bench --bench serve -- --memory --f32-kv   # the same with an f32 KV cache
+//! cargo bench --bench serve -- --memory --no-learner   # serving alone
 //! ```
 //!
 //! For 1, 4, 8 and 16 concurrent streaming clients, with batching on and off: aggregate
@@ -21,6 +22,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tether::config::Config;
 use tether::server::Background;
+
+/// Operator token of the bench's servers.
+const OPERATOR: &str = "bench-operator-token";
 
 /// The server with batching on or off, `max_batch` slots, no response cache, and no
 /// learner: its one-off preparation at start-up (the evaluation suite's base answers)
@@ -45,6 +49,7 @@ fn start_server_with(
     config.learner.enabled = learner;
     config.server.data_dir = dir.path().display().to_string();
     config.server.response_cache_bytes = 0;
+    config.server.operator_token = Some(OPERATOR.into());
     config.engine.batching = batching;
     config.engine.max_batch = max_batch;
     config.engine.kv_cache = kv;
@@ -138,9 +143,44 @@ fn peak_rss_mb() -> f64 {
     tether::monitoring::peak_rss_bytes().map_or(f64::NAN, |b| b as f64 / 1048576.0)
 }
 
-fn memory(kv: tether::engine::KvStorage) {
-    // The whole server, learner included: its start-up preparation overlaps the run.
-    let (_dir, server) = start_server_with(true, 8, kv, true);
+/// Waits until the learner has done its start-up preparation.
+fn wait_until_prepared(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while Instant::now() < deadline {
+        let prepared = ureq::get(&format!("{url}/admin/train"))
+            .set("Authorization", &format!("Bearer {OPERATOR}"))
+            .call()
+            .ok()
+            .and_then(|r| r.into_json::<serde_json::Value>().ok())
+            .is_some_and(|v| v["learner"]["prepared"] == true);
+        if prepared {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the learner did not prepare within 15 minutes");
+}
+
+/// Resets the process's peak RSS (`VmHWM`) to its current RSS.
+fn reset_peak_rss() {
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+        eprintln!("cannot reset the peak RSS ({e}); the figure includes start-up");
+    }
+}
+
+fn memory(kv: tether::engine::KvStorage, learner: bool) {
+    // The whole server, learner included unless `--no-learner`. Its one-off start-up
+    // preparation (the evaluation suite's base answers) is waited for and its peak
+    // reported apart: the figure is serving with the learner resident.
+    let (_dir, server) = start_server_with(true, 8, kv, learner);
+    if learner {
+        wait_until_prepared(&server.url);
+        println!(
+            "peak RSS of start-up (load and the learner's preparation): {:.0} MB",
+            peak_rss_mb()
+        );
+        reset_peak_rss();
+    }
     let before = peak_rss_mb();
     stream(&server.url, "Hello", 4, 0);
     let warm = peak_rss_mb();
@@ -174,7 +214,7 @@ fn main() {
         } else {
             tether::engine::KvStorage::F16
         };
-        memory(kv);
+        memory(kv, !args.iter().any(|a| a == "--no-learner"));
         return;
     }
     println!("| batching | clients | requests | aggregate completion tok/s | TTFT p50 ms | TTFT p99 ms |");

@@ -5,8 +5,10 @@
 //! (tokens as they are sampled, then one `Finished` per choice). Between two forward
 //! passes the scheduler admits waiting requests, gives prefilling sequences a bounded
 //! chunk of their prompt, and drops sequences whose client went away or whose deadline
-//! passed. Nothing here knows HTTP.
+//! passed. A prompt that starts like a recent one takes the shared tokens' keys and
+//! values from the prefix cache ([`prefix`]). Nothing here knows HTTP.
 
+mod prefix;
 mod scheduler;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +33,9 @@ pub struct EngineConfig {
     pub batching: bool,
     /// KV-cache storage: `f16` (default, half the memory) or `f32` (exact).
     pub kv_cache: KvStorage,
+    /// Bytes of recent prompts' keys and values kept so that prompts starting with the
+    /// same tokens skip recomputing them (0: off).
+    pub prefix_cache_bytes: usize,
 }
 
 /// How the KV cache stores keys and values.
@@ -53,6 +58,7 @@ impl Default for EngineConfig {
             prefill_chunk: 256,
             batching: true,
             kv_cache: KvStorage::F16,
+            prefix_cache_bytes: 16 << 20,
         }
     }
 }

@@ -1,13 +1,16 @@
 //! The engine loop: admit, build one packed batch, run it, sample, report.
 
 use std::collections::VecDeque;
+
+use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
+use super::prefix::PrefixCache;
 use super::{EngineConfig, Event, KvStorage, Request};
 use crate::model::{
-    FinishReason, Generation, KvCache, LoadedModel, LoraAdapter, Mode, Outputs, SeqInput,
+    FinishReason, Generation, KvCache, LoadedModel, LoraAdapter, Mode, Outputs, SeqInput, Step,
 };
 use crate::monitoring::Metrics;
 
@@ -28,6 +31,9 @@ struct Seq {
     gen: Generation,
     /// Prompt tokens already run through the model.
     prefilled: usize,
+    /// Keys and values of a cached prefix of the prompt (and its length), copied into
+    /// `cache` when the sequence first runs.
+    prefix: Option<(KvCache, usize)>,
     /// The last sampled token, to be fed next.
     next: Option<u32>,
     last_token_at: Option<Instant>,
@@ -48,6 +54,7 @@ pub(super) struct Scheduler {
     waiting_count: Arc<AtomicUsize>,
     waiting: VecDeque<(Request, Instant)>,
     running: Vec<Seq>,
+    prefixes: PrefixCache,
 }
 
 impl Scheduler {
@@ -57,6 +64,7 @@ impl Scheduler {
         metrics: Arc<Metrics>,
         waiting_count: Arc<AtomicUsize>,
     ) -> Self {
+        let prefixes = PrefixCache::new(config.prefix_cache_bytes);
         Self {
             model,
             config,
@@ -64,6 +72,7 @@ impl Scheduler {
             waiting_count,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            prefixes,
         }
     }
 
@@ -151,10 +160,16 @@ impl Scheduler {
                     KvStorage::F32 => candle_core::DType::F32,
                     KvStorage::F16 => candle_core::DType::F16,
                 };
+                let prefix = self.prefixes.lookup(&shared.version, &shared.prompt, dtype);
+                if self.config.prefix_cache_bytes > 0 {
+                    let result = if prefix.is_some() { "hit" } else { "miss" };
+                    self.metrics.prefix_cache.with_label_values(&[result]).inc();
+                }
                 self.running.push(Seq {
                     shared: shared.clone(),
                     choice,
                     cache: KvCache::with_dtype(config.num_layers, dtype).reserving(length),
+                    prefix,
                     gen,
                     prefilled: 0,
                     next: None,
@@ -189,10 +204,24 @@ impl Scheduler {
         let mut budget = self.config.prefill_chunk.max(1);
         // Inputs per running sequence (None: not scheduled this step).
         let mut inputs: Vec<Option<Vec<u32>>> = Vec::with_capacity(self.running.len());
-        for s in &self.running {
+        for s in &mut self.running {
             if let Some(t) = s.next {
                 inputs.push(Some(vec![t]));
             } else if s.prefilled < s.shared.prompt.len() && budget > 0 {
+                // A cached prefix is copied when the sequence first runs, so waiting
+                // sequences hold no cache memory yet.
+                if let Some((source, n)) = s.prefix.take() {
+                    match s.cache.extend_from(&source, n) {
+                        Ok(()) => {
+                            s.prefilled = n;
+                            self.metrics.prefix_cache_tokens.inc_by(n as u64);
+                        }
+                        Err(e) => {
+                            tracing::warn!("prefix cache: cannot copy {n} cached tokens: {e}");
+                            s.cache.truncate(0);
+                        }
+                    }
+                }
                 let n = (s.shared.prompt.len() - s.prefilled).min(budget);
                 budget -= n;
                 inputs.push(Some(s.shared.prompt[s.prefilled..s.prefilled + n].to_vec()));
@@ -234,8 +263,9 @@ impl Scheduler {
                 return;
             }
         };
+        // Sequences whose prompt is now wholly prefilled sample a token from their row.
+        let mut rows: Vec<Option<usize>> = vec![None; self.running.len()];
         for (row, &i) in scheduled.iter().enumerate() {
-            let tokenizer = &self.model.tokenizer;
             let s = &mut self.running[i];
             let fed = inputs[i].as_ref().map_or(0, Vec::len);
             if s.next.is_none() {
@@ -247,12 +277,40 @@ impl Scheduler {
                     .prompt_tokens
                     .with_label_values(&[&s.shared.version])
                     .inc_by(s.shared.prompt.len() as u64);
+                if let Err(e) = self
+                    .prefixes
+                    .insert(&s.shared.version, &s.shared.prompt, &s.cache)
+                {
+                    tracing::warn!("prefix cache: cannot keep a prompt: {e}");
+                }
+                self.metrics
+                    .prefix_cache_bytes
+                    .set(self.prefixes.used() as i64);
             }
-            let step = match logits
-                .get(row)
-                .map_err(crate::model::Error::from)
-                .and_then(|l| s.gen.step(&l, tokenizer))
-            {
+            rows[i] = Some(row);
+        }
+        // Sampling (a softmax over the vocabulary, a draw, incremental detokenizing)
+        // is independent per sequence, so the sequences sample in parallel.
+        let tokenizer = &self.model.tokenizer;
+        let steps: Vec<Option<crate::model::Result<Step>>> = self
+            .running
+            .par_iter_mut()
+            .zip(&rows)
+            .map(|(s, row)| {
+                row.map(|row| {
+                    logits
+                        .get(row)
+                        .map_err(crate::model::Error::from)
+                        .and_then(|l| s.gen.step(&l, tokenizer))
+                })
+            })
+            .collect();
+        for (i, step) in steps.into_iter().enumerate() {
+            let Some(step) = step else {
+                continue;
+            };
+            let s = &mut self.running[i];
+            let step = match step {
                 Ok(step) => step,
                 Err(e) => {
                     let _ = s.send(Event::Failed(format!("sampling failed: {e}")));

@@ -98,6 +98,61 @@ impl KvCache {
             .sum()
     }
 
+    /// Bytes one token takes over all layers, keys and values (0 before the first
+    /// append).
+    pub fn bytes_per_token(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.k, &l.v])
+            .flatten()
+            .map(|t| {
+                let (heads, _, dim) = t.dims3().unwrap_or((0, 0, 0));
+                heads * dim * t.dtype().size_in_bytes()
+            })
+            .sum()
+    }
+
+    /// Views of `layer`'s cached keys and values, `(kv_heads, len, head_dim)`.
+    #[cfg(test)]
+    pub(crate) fn layer(&self, layer: usize) -> Option<(Tensor, Tensor)> {
+        let l = self.layers.get(layer)?;
+        let (k, v) = (l.k.as_ref()?, l.v.as_ref()?);
+        Some((k.narrow(1, 0, l.len).ok()?, v.narrow(1, 0, l.len).ok()?))
+    }
+
+    /// Storage dtype of keys and values.
+    pub fn dtype(&self) -> DType {
+        self.storage.unwrap_or(DType::F32)
+    }
+
+    /// Appends the first `len` tokens of `source` (a cache of the same model) to every
+    /// layer. Keys and values at a position depend only on the tokens up to it, so a
+    /// sequence whose prompt starts with `source`'s first `len` tokens can start from
+    /// them instead of recomputing them (prefix caching).
+    pub fn extend_from(&mut self, source: &KvCache, len: usize) -> Result<()> {
+        if source.num_layers() != self.num_layers() || len > source.len() {
+            return Err(super::error::Error::InvalidArgument(format!(
+                "cannot take {len} tokens from a {}-layer cache of {} tokens into a \
+                 {}-layer cache",
+                source.num_layers(),
+                source.len(),
+                self.num_layers()
+            )));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        for (layer, l) in source.layers.iter().enumerate() {
+            let (Some(k), Some(v)) = (&l.k, &l.v) else {
+                return Err(super::error::Error::InvalidArgument(
+                    "source cache has a layer without buffers".into(),
+                ));
+            };
+            self.append(layer, &k.narrow(1, 0, len)?, &v.narrow(1, 0, len)?)?;
+        }
+        Ok(())
+    }
+
     /// Appends `k`, `v` of shape `(kv_heads, new, head_dim)` to `layer` and returns views
     /// of everything cached for it, of shape `(kv_heads, len, head_dim)`, in the storage
     /// dtype (callers widen f16 to f32 for attention).

@@ -30,6 +30,12 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Bytes allocated for KV caches of running sequences.
     pub kv_cache_bytes: IntGauge,
+    /// Prefix-cache lookups by result (`hit`, `miss`).
+    pub prefix_cache: IntCounterVec,
+    /// Prompt tokens whose keys and values came from the prefix cache.
+    pub prefix_cache_tokens: IntCounter,
+    /// Bytes held by the prefix cache.
+    pub prefix_cache_bytes: IntGauge,
     /// Seconds the model took to load.
     pub model_load_seconds: prometheus::Gauge,
     /// Response-cache lookups by result (`hit`, `miss`).
@@ -169,6 +175,21 @@ impl Metrics {
             kv_cache_bytes: reg!(IntGauge::new(
                 "tether_kv_cache_bytes",
                 "Bytes allocated for the KV caches of running sequences."
+            )?),
+            prefix_cache: reg!(IntCounterVec::new(
+                Opts::new(
+                    "tether_prefix_cache_requests_total",
+                    "Prefix-cache lookups by result."
+                ),
+                &["result"]
+            )?),
+            prefix_cache_tokens: reg!(IntCounter::new(
+                "tether_prefix_cache_reused_tokens_total",
+                "Prompt tokens whose keys and values came from the prefix cache."
+            )?),
+            prefix_cache_bytes: reg!(IntGauge::new(
+                "tether_prefix_cache_bytes",
+                "Bytes of keys and values held by the prefix cache."
             )?),
             model_load_seconds: reg!(prometheus::Gauge::new(
                 "tether_model_load_seconds",

@@ -511,3 +511,51 @@ fn an_f32_kv_cache_serves_the_same_answer() {
     let s = TestServer::start(|c| c.engine.kv_cache = tether::engine::KvStorage::F32);
     answers_paris(&s);
 }
+
+/// A prompt that starts like an earlier one (here the chat template's system prompt)
+/// reuses that prefix's keys and values and answers exactly as a server without the
+/// prefix cache does; repeated prompts reuse all but their last token.
+#[test]
+fn shared_prompt_prefixes_are_reused_and_answers_do_not_change() {
+    let ask = |s: &TestServer, q: &str| -> String {
+        let (status, body, _) = s.post("/v1/chat/completions", &chat(q));
+        assert_eq!(status, 200, "{body}");
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content")
+            .to_string()
+    };
+    let questions = [
+        "Write a haiku about the sea.",
+        "Name three colours of the rainbow.",
+        "Write a haiku about the sea.",
+    ];
+    let on = TestServer::start(|c| c.server.response_cache_bytes = 0);
+    let off = TestServer::start(|c| {
+        c.server.response_cache_bytes = 0;
+        c.engine.prefix_cache_bytes = 0;
+    });
+    let reused = |s: &TestServer| s.metric("tether_prefix_cache_reused_tokens_total");
+    let before = reused(&on);
+    for q in questions {
+        assert_eq!(ask(&on, q), ask(&off, q), "answers to {q:?} differ");
+    }
+    answers_paris(&on);
+    // The second and third questions and the France question reused at least the
+    // system prompt; the repeated question all but its last token.
+    let gained = reused(&on) - before;
+    assert!(
+        gained >= 3.0 * 20.0,
+        "only {gained} prompt tokens were reused"
+    );
+    assert!(
+        on.metric(r#"tether_prefix_cache_requests_total{result="hit"}"#) >= 3.0,
+        "hits were not counted"
+    );
+    assert!(on.metric("tether_prefix_cache_bytes") > 0.0);
+    assert_eq!(
+        reused(&off),
+        0.0,
+        "a server with the cache off reused tokens"
+    );
+}

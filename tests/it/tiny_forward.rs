@@ -293,3 +293,42 @@ fn a_reserving_cache_allocates_once_and_still_grows_past_its_reservation() {
     let expected = run(model, &[5], Some(&mut plain), Outputs::LastToken);
     assert!(max_abs_diff(&again, &expected) < 1e-6);
 }
+
+/// A cache started from another cache's first tokens (prefix caching) continues as if
+/// it had computed them itself, in f32 and f16 storage; a bad request is refused.
+#[test]
+fn a_cache_extended_from_a_shared_prefix_computes_the_same_logits() {
+    let (_dir, m) = tiny_model(Tiny::default(), 23);
+    let model = &m.llama;
+    let layers = model.config().num_layers;
+    let a: Vec<u32> = (0..30u32).map(|i| (i * 5 + 1) % 96).collect();
+    // `b` shares a's first 20 tokens, then differs.
+    let mut b = a[..20].to_vec();
+    b.extend((0..9u32).map(|i| (i * 11 + 40) % 96));
+    for dtype in [candle_core::DType::F32, candle_core::DType::F16] {
+        let mut first = KvCache::with_dtype(layers, dtype);
+        run(model, &a, Some(&mut first), Outputs::LastToken);
+        let mut whole = KvCache::with_dtype(layers, dtype);
+        let want = run(model, &b, Some(&mut whole), Outputs::LastToken);
+
+        let mut reused = KvCache::with_dtype(layers, dtype).reserving(b.len());
+        reused.extend_from(&first, 20).expect("extend");
+        assert_eq!(reused.len(), 20);
+        let got = run(model, &b[20..], Some(&mut reused), Outputs::LastToken);
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 1e-5, "{dtype:?}: logits differ by {d}");
+        // The first cache is untouched and still continues its own prompt.
+        assert_eq!(first.len(), 30);
+
+        let mut bad = KvCache::with_dtype(layers, dtype);
+        assert!(
+            bad.extend_from(&first, 31).is_err(),
+            "more tokens than held"
+        );
+        let mut other = KvCache::with_dtype(layers + 1, dtype);
+        assert!(
+            other.extend_from(&first, 5).is_err(),
+            "layer count mismatch"
+        );
+    }
+}
