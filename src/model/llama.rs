@@ -808,6 +808,93 @@ fn kv_rows<'a>(
     }
 }
 
+/// The query heads that share one key/value head, for one sequence's new tokens.
+struct Heads<'a> {
+    /// All queries, `(heads, total, hd)`.
+    q: &'a [f32],
+    total: usize,
+    hd: usize,
+    /// First query head and how many.
+    first: usize,
+    count: usize,
+    /// The sequence's new tokens: `start..start + len` of `total`.
+    start: usize,
+    len: usize,
+    scale: f32,
+}
+
+impl Heads<'_> {
+    /// `(count heads) x (len tokens) x hd` outputs over `s` cached rows of `k` and `v`
+    /// (row strides `ks`, `vs`). With AVX2 the same loops are compiled for 256-bit
+    /// registers; the arithmetic and its order are the same on every path.
+    fn attend(&self, k: &[f32], ks: usize, v: &[f32], vs: usize, s: usize) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked above).
+                return unsafe { self.attend_avx2(k, ks, v, vs, s) };
+            }
+        }
+        self.attend_any(k, ks, v, vs, s)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn attend_avx2(&self, k: &[f32], ks: usize, v: &[f32], vs: usize, s: usize) -> Vec<f32> {
+        self.attend_any(k, ks, v, vs, s)
+    }
+
+    #[inline(always)]
+    fn attend_any(
+        &self,
+        k: &[f32],
+        kstride: usize,
+        v: &[f32],
+        vstride: usize,
+        s: usize,
+    ) -> Vec<f32> {
+        let (hd, total, scale) = (self.hd, self.total, self.scale);
+        let mut out = vec![0f32; self.count * self.len * hd];
+        let mut scores = vec![0f32; s];
+        for (hi, h) in (self.first..self.first + self.count).enumerate() {
+            for l in 0..self.len {
+                let visible = s - self.len + l + 1;
+                let qrow = &self.q[h * total * hd + (self.start + l) * hd..][..hd];
+                let mut max = f32::NEG_INFINITY;
+                for (p, score) in scores.iter_mut().enumerate().take(visible) {
+                    let krow = &k[p * kstride..][..hd];
+                    let mut acc = [0f32; 8];
+                    for (qc, kc) in qrow.chunks_exact(8).zip(krow.chunks_exact(8)) {
+                        for i in 0..8 {
+                            acc[i] += qc[i] * kc[i];
+                        }
+                    }
+                    let mut dot: f32 = acc.iter().sum();
+                    for i in (hd / 8) * 8..hd {
+                        dot += qrow[i] * krow[i];
+                    }
+                    *score = dot * scale;
+                    max = max.max(*score);
+                }
+                let mut sum = 0f32;
+                for score in scores.iter_mut().take(visible) {
+                    *score = (*score - max).exp();
+                    sum += *score;
+                }
+                let o = &mut out[(hi * self.len + l) * hd..][..hd];
+                for (p, &w) in scores.iter().enumerate().take(visible) {
+                    let w = w / sum;
+                    let vrow = &v[p * vstride..][..hd];
+                    for (oi, vi) in o.iter_mut().zip(vrow) {
+                        *oi += w * vi;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Causal attention for several sequences at once, computed directly over their
 /// key/value buffers (strided views of the caches, f32 or f16) in one parallel pass: no
 /// per-sequence tensor ops. `q` is `(heads, total new tokens, head_dim)`; returns each
@@ -848,45 +935,17 @@ fn attend_direct(q: &Tensor, jobs: &[DirectJob], nkv: usize) -> Result<Vec<(usiz
             let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
             let (k, kstride) = kv_rows(ks, ko + kvh * kst[0], kst[1], *s, hd, &mut kbuf);
             let (v, vstride) = kv_rows(vs, vo + kvh * vst[0], vst[1], *s, hd, &mut vbuf);
-            // (g query heads) x (new tokens) x hd
-            let mut out = vec![0f32; g * job.len * hd];
-            let mut scores = vec![0f32; *s];
-            for (hi, h) in (kvh * g..(kvh + 1) * g).enumerate() {
-                for l in 0..job.len {
-                    let visible = s - job.len + l + 1;
-                    let qrow = &qv[h * total * hd + (job.start + l) * hd..][..hd];
-                    let mut max = f32::NEG_INFINITY;
-                    for (p, score) in scores.iter_mut().enumerate().take(visible) {
-                        let krow = &k[p * kstride..][..hd];
-                        let mut acc = [0f32; 8];
-                        for (qc, kc) in qrow.chunks_exact(8).zip(krow.chunks_exact(8)) {
-                            for i in 0..8 {
-                                acc[i] += qc[i] * kc[i];
-                            }
-                        }
-                        let mut dot: f32 = acc.iter().sum();
-                        for i in (hd / 8) * 8..hd {
-                            dot += qrow[i] * krow[i];
-                        }
-                        *score = dot * scale;
-                        max = max.max(*score);
-                    }
-                    let mut sum = 0f32;
-                    for score in scores.iter_mut().take(visible) {
-                        *score = (*score - max).exp();
-                        sum += *score;
-                    }
-                    let o = &mut out[(hi * job.len + l) * hd..][..hd];
-                    for (p, &w) in scores.iter().enumerate().take(visible) {
-                        let w = w / sum;
-                        let vrow = &v[p * vstride..][..hd];
-                        for (oi, vi) in o.iter_mut().zip(vrow) {
-                            *oi += w * vi;
-                        }
-                    }
-                }
-            }
-            out
+            let heads = Heads {
+                q: qv,
+                total,
+                hd,
+                first: kvh * g,
+                count: g,
+                start: job.start,
+                len: job.len,
+                scale,
+            };
+            heads.attend(k, kstride, v, vstride, *s)
         })
         .collect();
     drop(views);
