@@ -27,29 +27,18 @@ exploration brought charts that sailors trusted with their lives. ";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let compute = args
-        .iter()
-        .position(|a| a == "--compute")
-        .and_then(|i| args.get(i + 1))
+    let compute = flag(&args, "--compute")
         .map(|c| c.parse::<ComputePath>().expect("--compute qf32|f32|f16|q8"));
     // `--decode-only N`: only batched decode of N sequences, inside a thread pool as
     // the engine runs it (for profiling).
-    if let Some(n) = args
-        .iter()
-        .position(|a| a == "--decode-only")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse::<usize>().ok())
-    {
+    if let Some(n) = flag(&args, "--decode-only").and_then(|n| n.parse::<usize>().ok()) {
         let opts = LoadOptions {
             compute: compute.unwrap_or_default(),
             ..LoadOptions::default()
         };
         let m = LoadedModel::load(&ModelSpec::Default, &opts).expect("load default model");
         let pool = rayon::ThreadPoolBuilder::new().build().expect("pool");
-        let prompt = args
-            .iter()
-            .position(|a| a == "--prompt")
-            .and_then(|i| args.get(i + 1))
+        let prompt = flag(&args, "--prompt")
             .and_then(|n| n.parse::<usize>().ok())
             .unwrap_or(200);
         let rate = pool.install(|| decode_rate(&m, n, prompt, 128));
@@ -74,6 +63,12 @@ fn main() {
             }
         }
     }
+}
+
+/// The argument after `name`, if given.
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).map(String::as_str)
 }
 
 fn prompt_tokens(m: &LoadedModel, n: usize, salt: usize) -> Vec<u32> {

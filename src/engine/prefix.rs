@@ -9,8 +9,9 @@
 //! the cache is bounded in bytes with least-recently-used eviction. The last prompt
 //! token is always recomputed: its logits give the first sampled token.
 //!
-//! Entries share nothing with running sequences: a sequence gets a copy of the
-//! prefix, and an entry is a compact copy of a finished prompt's cache.
+//! An entry is a compact copy of a finished prompt's cache. A lookup hands out a
+//! read-only handle on it; the sequence copies the prefix into its own cache when it
+//! first runs and drops the handle, so no sequence ever writes to an entry.
 
 use candle_core::DType;
 
@@ -52,6 +53,11 @@ impl PrefixCache {
         }
     }
 
+    /// Whether the cache keeps anything (a budget above 0).
+    pub(super) fn is_enabled(&self) -> bool {
+        self.budget > 0
+    }
+
     /// Bytes held.
     pub(super) fn used(&self) -> usize {
         self.used
@@ -69,8 +75,7 @@ impl PrefixCache {
         if self.budget == 0 || prompt.len() <= MIN_REUSE {
             return None;
         }
-        // The last prompt token is always recomputed: its logits give the first
-        // sampled token.
+        // The last prompt token is always recomputed (module docs).
         let limit = prompt.len() - 1;
         let (n, entry) = self
             .entries

@@ -1,11 +1,11 @@
 //! The engine loop: admit, build one packed batch, run it, sample, report.
 
 use std::collections::VecDeque;
-
-use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
+
+use rayon::prelude::*;
 
 use super::prefix::PrefixCache;
 use super::{EngineConfig, Event, KvStorage, Request};
@@ -140,6 +140,16 @@ impl Scheduler {
                 deadline: req.deadline,
                 events: req.events,
             });
+            let dtype = match self.config.kv_cache {
+                KvStorage::F32 => candle_core::DType::F32,
+                KvStorage::F16 => candle_core::DType::F16,
+            };
+            // One lookup per request: its choices share the prompt.
+            let prefix = self.prefixes.lookup(&shared.version, &shared.prompt, dtype);
+            if self.prefixes.is_enabled() {
+                let result = if prefix.is_some() { "hit" } else { "miss" };
+                self.metrics.prefix_cache.with_label_values(&[result]).inc();
+            }
             for choice in 0..req.n {
                 let mut params = req.params.clone();
                 params.seed = params.seed.map(|s| s.wrapping_add(choice as u64));
@@ -156,20 +166,11 @@ impl Scheduler {
                 // by doubling would leave the smaller buffers behind in the allocator.
                 let config = self.model.llama.config();
                 let length = (shared.prompt.len() + params.max_tokens).min(config.context_length);
-                let dtype = match self.config.kv_cache {
-                    KvStorage::F32 => candle_core::DType::F32,
-                    KvStorage::F16 => candle_core::DType::F16,
-                };
-                let prefix = self.prefixes.lookup(&shared.version, &shared.prompt, dtype);
-                if self.config.prefix_cache_bytes > 0 {
-                    let result = if prefix.is_some() { "hit" } else { "miss" };
-                    self.metrics.prefix_cache.with_label_values(&[result]).inc();
-                }
                 self.running.push(Seq {
                     shared: shared.clone(),
                     choice,
                     cache: KvCache::with_dtype(config.num_layers, dtype).reserving(length),
-                    prefix,
+                    prefix: prefix.clone(),
                     gen,
                     prefilled: 0,
                     next: None,

@@ -830,7 +830,7 @@ impl Heads<'_> {
     fn attend(&self, k: &[f32], ks: usize, v: &[f32], vs: usize, s: usize) -> Vec<f32> {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if super::blockq::has_avx2() {
                 // SAFETY: the CPU supports AVX2 (checked above).
                 return unsafe { self.attend_avx2(k, ks, v, vs, s) };
             }
