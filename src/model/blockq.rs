@@ -218,8 +218,9 @@ impl BlockMatrix {
         Ok(x.apply_op1(BlockMatMul(self.clone()))?)
     }
 
-    /// `out[t][r] = Σ_c x[t][c] W[r][c]` for rows `r0..r0+n`, written as `(n, tokens)`.
-    fn rows_times(&self, x: &[f32], tokens: usize, sums: &[f32], r0: usize, out: &mut [f32]) {
+    /// `out[t][r] = Σ_c x[t][c] W[r][c]` for rows `r0..r0 + out.rows`, into the
+    /// output's columns `r0..`.
+    fn rows_times(&self, x: &[f32], tokens: usize, sums: &[f32], r0: usize, out: &mut Columns) {
         #[cfg(target_arch = "x86_64")]
         {
             if has_avx2() {
@@ -238,15 +239,15 @@ impl BlockMatrix {
         tokens: usize,
         sums: &[f32],
         r0: usize,
-        out: &mut [f32],
+        out: &mut Columns,
     ) {
         let rb = self.row_bytes();
         let bs = self.kind.bytes();
         let nb = self.cols / QK;
         let mut q = [0f32; QK];
-        for (i, o) in out.chunks_exact_mut(tokens).enumerate() {
+        for i in 0..out.rows {
             let row = &self.data[(r0 + i) * rb..(r0 + i + 1) * rb];
-            o.fill(0.0);
+            let mut o = vec![0f32; tokens];
             for b in 0..nb {
                 let (d, m) = unpack(self.kind, &row[b * bs..(b + 1) * bs], &mut q);
                 for (t, ot) in o.iter_mut().enumerate() {
@@ -260,7 +261,34 @@ impl BlockMatrix {
                     *ot += d * acc.iter().sum::<f32>() + m * sums[t * nb + b];
                 }
             }
+            for (t, v) in o.into_iter().enumerate() {
+                out.set(t, i, v);
+            }
         }
+    }
+}
+
+/// A band of consecutive columns of a row-major `(tokens, stride)` output, written by
+/// one parallel task: tasks own disjoint bands of the same buffer, so the kernel writes
+/// the `(tokens, rows)` result in place instead of transposing a `(rows, tokens)` one.
+struct Columns {
+    ptr: *mut f32,
+    stride: usize,
+    rows: usize,
+    tokens: usize,
+}
+
+// SAFETY: a `Columns` is the only handle on its band (see `BlockMatMul::cpu_fwd`).
+unsafe impl Send for Columns {}
+
+impl Columns {
+    /// Stores output row `i` of this band (output column `r0 + i`) for token `t`.
+    #[inline(always)]
+    fn set(&mut self, t: usize, i: usize, v: f32) {
+        assert!(t < self.tokens && i < self.rows);
+        // SAFETY: `t` and `i` are in range (asserted), and the band lies within the
+        // buffer it was cut from.
+        unsafe { *self.ptr.add(t * self.stride + i) = v }
     }
 }
 
@@ -285,10 +313,26 @@ fn block_sums(x: &[f32]) -> Vec<f32> {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{BlockMatrix, BlockType, QK, TILE};
+    use super::{has_avx512vl, BlockMatrix, BlockType, Columns, QK, TILE};
 
     /// Rows per block of the multi-token loop (16 rows of 576 columns in Q4_1: 6 KB).
     const ROW_BLOCK: usize = 16;
+
+    /// Calls a tile function with its token count as a constant (1–8).
+    macro_rules! by_tile {
+        ($nt:expr, $f:ident, $($arg:expr),*) => {
+            match $nt {
+                8 => $f::<8>($($arg),*),
+                7 => $f::<7>($($arg),*),
+                6 => $f::<6>($($arg),*),
+                5 => $f::<5>($($arg),*),
+                4 => $f::<4>($($arg),*),
+                3 => $f::<3>($($arg),*),
+                2 => $f::<2>($($arg),*),
+                _ => $f::<1>($($arg),*),
+            }
+        };
+    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -401,7 +445,7 @@ mod avx2 {
         tokens: usize,
         sums: &[f32],
         r0: usize,
-        out: &mut [f32],
+        out: &mut Columns,
     ) {
         let rb = m.row_bytes();
         let bs = m.kind.bytes();
@@ -410,19 +454,30 @@ mod avx2 {
         let kind = m.kind;
         let xp = x.as_ptr();
         let sp = sums.as_ptr();
-        let rows = out.len() / tokens;
-        assert!(r0 + rows <= m.rows && x.len() >= tokens * cols && sums.len() >= tokens * nb);
+        let rows = out.rows;
+        assert!(
+            out.tokens == tokens
+                && r0 + rows <= m.rows
+                && x.len() >= tokens * cols
+                && sums.len() >= tokens * nb
+        );
         let base = m.data.as_ptr().add(r0 * rb);
         if tokens == 1 {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = match kind {
+            for i in 0..rows {
+                let v = match kind {
                     BlockType::Q4_0 => row_dot(BlockType::Q4_0, base.add(i * rb), nb, bs, xp, sp),
                     BlockType::Q4_1 => row_dot(BlockType::Q4_1, base.add(i * rb), nb, bs, xp, sp),
                     BlockType::Q8_0 => row_dot(BlockType::Q8_0, base.add(i * rb), nb, bs, xp, sp),
                 };
+                out.set(0, i, v);
             }
             return;
         }
+        // 4-bit formats dequantize through a 16-entry table when AVX-512VL is there.
+        // With AVX-512VL's 32 registers, rows go two at a time (`tile2`), and 4-bit
+        // formats dequantize through a 16-entry table.
+        let pairs = has_avx512vl();
+        let lut = pairs && kind != BlockType::Q8_0;
         // Blocks of rows, and within a block every tile of tokens over every row: a
         // tile's activations (8 tokens, 18 KB for 576 columns) and a block's weights
         // stay in L1 while they are reused, instead of each row streaming every
@@ -433,19 +488,30 @@ mod avx2 {
             while t0 < tokens {
                 let nt = (tokens - t0).min(TILE);
                 let x0 = xp.add(t0 * cols);
-                for i in first..last {
+                let mut i = first;
+                while i < last {
                     let row = base.add(i * rb);
-                    let o = &mut out[i * tokens + t0..i * tokens + t0 + nt];
-                    match nt {
-                        8 => tile::<8>(kind, row, nb, bs, cols, x0, o),
-                        7 => tile::<7>(kind, row, nb, bs, cols, x0, o),
-                        6 => tile::<6>(kind, row, nb, bs, cols, x0, o),
-                        5 => tile::<5>(kind, row, nb, bs, cols, x0, o),
-                        4 => tile::<4>(kind, row, nb, bs, cols, x0, o),
-                        3 => tile::<3>(kind, row, nb, bs, cols, x0, o),
-                        2 => tile::<2>(kind, row, nb, bs, cols, x0, o),
-                        _ => tile::<1>(kind, row, nb, bs, cols, x0, o),
+                    let (mut o0, mut o1) = ([0f32; TILE], [0f32; TILE]);
+                    let pair = pairs && i + 1 < last;
+                    if pair {
+                        let (a, b) = (&mut o0, &mut o1);
+                        if lut {
+                            by_tile!(nt, tile2_lut, kind, row, rb, nb, bs, cols, x0, a, b);
+                        } else {
+                            by_tile!(nt, tile2_conv, kind, row, rb, nb, bs, cols, x0, a, b);
+                        }
+                    } else if lut {
+                        by_tile!(nt, tile_lut, kind, row, nb, bs, cols, x0, &mut o0);
+                    } else {
+                        by_tile!(nt, tile, kind, row, nb, bs, cols, x0, &mut o0);
                     }
+                    for t in 0..nt {
+                        out.set(t0 + t, i, o0[t]);
+                        if pair {
+                            out.set(t0 + t, i + 1, o1[t]);
+                        }
+                    }
+                    i += if pair { 2 } else { 1 };
                 }
                 t0 += nt;
             }
@@ -459,7 +525,7 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const NT: usize>(
+    pub(super) unsafe fn tile<const NT: usize>(
         kind: BlockType,
         row: *const u8,
         nb: usize,
@@ -492,6 +558,195 @@ mod avx2 {
             out[t] = hsum(acc[t]);
         }
     }
+
+    /// [`tile`] for the 4-bit formats, dequantizing through a table: a block's 16
+    /// possible weights `d·q + m` are two 8-lane vectors (two FMAs), and each weight is
+    /// a two-table permute indexed by its nibble. That replaces four int-to-float
+    /// conversions and four FMAs per block, which compete with the tokens' FMAs for
+    /// the same two ports, by permutes on another port. The permute reads only the low
+    /// four bits of each index, so the low nibbles need no mask and the high ones one
+    /// 16-bit shift. Same products, same order of sums.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile_lut<const NT: usize>(
+        kind: BlockType,
+        row: *const u8,
+        nb: usize,
+        bs: usize,
+        cols: usize,
+        x: *const f32,
+        out: &mut [f32],
+    ) {
+        let off = if kind == BlockType::Q4_0 { 2 } else { 4 };
+        let q_lo = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
+        let q_hi = _mm256_setr_ps(8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0);
+        let mut acc = [_mm256_setzero_ps(); NT];
+        for b in 0..nb {
+            let blk = row.add(b * bs);
+            let (d, mm) = scales(kind, blk);
+            let (dv, mv) = (_mm256_set1_ps(d), _mm256_set1_ps(mm));
+            let t_lo = _mm256_fmadd_ps(q_lo, dv, mv);
+            let t_hi = _mm256_fmadd_ps(q_hi, dv, mv);
+            let qs = _mm_loadu_si128(blk.add(off) as *const __m128i);
+            let hi = _mm_srli_epi16(qs, 4);
+            let w = [
+                _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(qs), t_hi),
+                _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(_mm_srli_si128(qs, 8)), t_hi),
+                _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(hi), t_hi),
+                _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)), t_hi),
+            ];
+            for (t, a) in acc.iter_mut().enumerate() {
+                let xs = x.add(t * cols + b * QK);
+                let mut v = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xs), *a);
+                v = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xs.add(8)), v);
+                v = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xs.add(16)), v);
+                *a = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xs.add(24)), v);
+            }
+        }
+        for t in 0..NT {
+            out[t] = hsum(acc[t]);
+        }
+    }
+
+    /// A Q8_0 block's 32 weights `d·q`, bit for bit what `fma(q as f32, d, 0)` gives,
+    /// with one floating-point op per eight weights instead of a conversion and a
+    /// multiply: `q + 0x4B40_0000` read as f32 is `1.5·2²³ + q` exactly (the integer
+    /// add may run on the shuffle port), and `fma(1.5·2²³ + q, d, −1.5·2²³·d)` rounds
+    /// the exact `q·d` once; `1.5·2²³·d` is exact in f32 (d is an f16), and so is `q·d`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dequant_q8_magic(blk: *const u8, d: f32) -> [__m256; 4] {
+        const MAGIC: f32 = 12_582_912.0; // 1.5·2²³
+        let bias = _mm256_set1_epi32(0x4B40_0000);
+        let dv = _mm256_set1_ps(d);
+        let off = _mm256_set1_ps(-MAGIC * d);
+        let ld = |i: usize| {
+            let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(blk.add(2 + 8 * i) as *const __m128i));
+            _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_add_epi32(q, bias)), dv, off)
+        };
+        [ld(0), ld(1), ld(2), ld(3)]
+    }
+
+    /// [`tile2`] through the table.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile2_lut<const NT: usize>(
+        kind: BlockType,
+        row: *const u8,
+        rb: usize,
+        nb: usize,
+        bs: usize,
+        cols: usize,
+        x: *const f32,
+        out0: &mut [f32],
+        out1: &mut [f32],
+    ) {
+        tile2::<NT, true>(kind, row, rb, nb, bs, cols, x, out0, out1)
+    }
+
+    /// [`tile2`] through conversions (any format).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile2_conv<const NT: usize>(
+        kind: BlockType,
+        row: *const u8,
+        rb: usize,
+        nb: usize,
+        bs: usize,
+        cols: usize,
+        x: *const f32,
+        out0: &mut [f32],
+        out1: &mut [f32],
+    ) {
+        tile2::<NT, false>(kind, row, rb, nb, bs, cols, x, out0, out1)
+    }
+
+    /// [`tile`] (or with `LUT`, [`tile_lut`]) for two consecutive rows (`rb` bytes
+    /// apart): each token's activations are loaded once for both rows' FMAs, and the
+    /// 16 accumulators fit in AVX-512VL's 32 vector registers.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile2<const NT: usize, const LUT: bool>(
+        kind: BlockType,
+        row: *const u8,
+        rb: usize,
+        nb: usize,
+        bs: usize,
+        cols: usize,
+        x: *const f32,
+        out0: &mut [f32],
+        out1: &mut [f32],
+    ) {
+        let off = if kind == BlockType::Q4_0 { 2 } else { 4 };
+        let q_lo = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
+        let q_hi = _mm256_setr_ps(8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0);
+        let mut acc0 = [_mm256_setzero_ps(); NT];
+        let mut acc1 = [_mm256_setzero_ps(); NT];
+        let deq = |blk: *const u8| {
+            let (d, mm) = scales(kind, blk);
+            let (dv, mv) = (_mm256_set1_ps(d), _mm256_set1_ps(mm));
+            if !LUT && kind == BlockType::Q8_0 {
+                return dequant_q8_magic(blk, d);
+            }
+            if !LUT {
+                let q = unpack(kind, blk);
+                return [
+                    _mm256_fmadd_ps(q[0], dv, mv),
+                    _mm256_fmadd_ps(q[1], dv, mv),
+                    _mm256_fmadd_ps(q[2], dv, mv),
+                    _mm256_fmadd_ps(q[3], dv, mv),
+                ];
+            }
+            let t_lo = _mm256_fmadd_ps(q_lo, dv, mv);
+            let t_hi = _mm256_fmadd_ps(q_hi, dv, mv);
+            let qs = _mm_loadu_si128(blk.add(off) as *const __m128i);
+            let hi = _mm_srli_epi16(qs, 4);
+            [
+                _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(qs), t_hi),
+                _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(_mm_srli_si128(qs, 8)), t_hi),
+                _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(hi), t_hi),
+                _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)), t_hi),
+            ]
+        };
+        for b in 0..nb {
+            let w0 = deq(row.add(b * bs));
+            let w1 = deq(row.add(rb + b * bs));
+            for t in 0..NT {
+                let xs = x.add(t * cols + b * QK);
+                let x0 = _mm256_loadu_ps(xs);
+                let x1 = _mm256_loadu_ps(xs.add(8));
+                let x2 = _mm256_loadu_ps(xs.add(16));
+                let x3 = _mm256_loadu_ps(xs.add(24));
+                let mut v = _mm256_fmadd_ps(w0[0], x0, acc0[t]);
+                v = _mm256_fmadd_ps(w0[1], x1, v);
+                v = _mm256_fmadd_ps(w0[2], x2, v);
+                acc0[t] = _mm256_fmadd_ps(w0[3], x3, v);
+                let mut u = _mm256_fmadd_ps(w1[0], x0, acc1[t]);
+                u = _mm256_fmadd_ps(w1[1], x1, u);
+                u = _mm256_fmadd_ps(w1[2], x2, u);
+                acc1[t] = _mm256_fmadd_ps(w1[3], x3, u);
+            }
+        }
+        for t in 0..NT {
+            out0[t] = hsum(acc0[t]);
+            out1[t] = hsum(acc1[t]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512vl() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::env::var_os("TETHER_NO_AVX512").is_none()
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    })
 }
 
 /// The candle op: `x (tokens, cols) → x Wᵀ (tokens, rows)`, with a backward pass
@@ -521,19 +776,26 @@ impl CustomOp1 for BlockMatMul {
             _ => candle_core::bail!("block-matmul: input must be contiguous f32"),
         };
         let sums = block_sums(x);
-        // (rows, tokens) in parallel chunks of rows, then transposed to (tokens, rows).
-        let mut by_row = vec![0f32; m.rows * tokens];
-        let per_task = (m.rows / (2 * rayon::current_num_threads())).max(MIN_ROWS_PER_TASK);
-        by_row
-            .par_chunks_mut(per_task * tokens)
-            .enumerate()
-            .for_each(|(i, chunk)| m.rows_times(x, tokens, &sums, i * per_task, chunk));
+        // Parallel bands of output columns (weight rows), each written in place.
         let mut out = vec![0f32; tokens * m.rows];
-        for (r, row) in by_row.chunks_exact(tokens).enumerate() {
-            for (t, &v) in row.iter().enumerate() {
-                out[t * m.rows + r] = v;
-            }
-        }
+        let per_task = (m.rows / (2 * rayon::current_num_threads())).max(MIN_ROWS_PER_TASK);
+        let base = out.as_mut_ptr();
+        let bands: Vec<(usize, Columns)> = (0..m.rows)
+            .step_by(per_task)
+            .map(|r0| {
+                let band = Columns {
+                    // SAFETY: `r0 < m.rows`, inside the buffer's first row.
+                    ptr: unsafe { base.add(r0) },
+                    stride: m.rows,
+                    rows: per_task.min(m.rows - r0),
+                    tokens,
+                };
+                (r0, band)
+            })
+            .collect();
+        bands
+            .into_par_iter()
+            .for_each(|(r0, mut band)| m.rows_times(x, tokens, &sums, r0, &mut band));
         Ok((CpuStorage::F32(out), Shape::from((tokens, m.rows))))
     }
 
@@ -618,14 +880,16 @@ mod tests {
                 // The portable loop agrees with whichever path ran.
                 let xs: Vec<f32> = x.flatten_all().and_then(|t| t.to_vec1()).expect("vec");
                 let sums = block_sums(&xs);
-                let mut by_row = vec![0f32; m.rows * tokens];
-                m.rows_times_portable(&xs, tokens, &sums, 0, &mut by_row);
-                let got_t: Vec<f32> = got
-                    .t()
-                    .and_then(|t| t.flatten_all())
-                    .and_then(|t| t.to_vec1())
-                    .expect("vec");
-                let worst = by_row
+                let mut portable = vec![0f32; m.rows * tokens];
+                let mut band = Columns {
+                    ptr: portable.as_mut_ptr(),
+                    stride: m.rows,
+                    rows: m.rows,
+                    tokens,
+                };
+                m.rows_times_portable(&xs, tokens, &sums, 0, &mut band);
+                let got_t: Vec<f32> = got.flatten_all().and_then(|t| t.to_vec1()).expect("vec");
+                let worst = portable
                     .iter()
                     .zip(&got_t)
                     .map(|(a, b)| (a - b).abs())
@@ -634,6 +898,59 @@ mod tests {
                     worst < 1e-4,
                     "{dtype:?}: portable and dispatched paths differ by {worst}"
                 );
+            }
+        }
+    }
+
+    /// The table-lookup tile computes bit-for-bit what the conversion tile computes.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn table_dequantization_matches_conversion_exactly() {
+        if !(has_avx2() && has_avx512vl()) {
+            return; // nothing to compare on this CPU
+        }
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let w = random(4, 128, 11);
+            let q = QTensor::quantize(&w, dtype).expect("quantize");
+            let m = BlockMatrix::from_qtensor(&q)
+                .expect("blocks")
+                .expect("supported");
+            let xs: Vec<f32> = random(8, 128, 12)
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .expect("vec");
+            let (nb, bs) = (m.cols / QK, m.kind.bytes());
+            for r in 0..m.rows {
+                let row = m.data[r * m.row_bytes()..].as_ptr();
+                let (mut a, mut b) = ([0f32; TILE], [0f32; TILE]);
+                // SAFETY: AVX2 and AVX-512VL are present (checked above); the row and
+                // eight tokens of 128 columns lie within `m.data` and `xs`.
+                unsafe {
+                    avx2::tile::<8>(m.kind, row, nb, bs, m.cols, xs.as_ptr(), &mut a);
+                    if dtype == GgmlDType::Q8_0 {
+                        b = a; // no table for 8-bit quants
+                    } else {
+                        avx2::tile_lut::<8>(m.kind, row, nb, bs, m.cols, xs.as_ptr(), &mut b);
+                    }
+                }
+                assert_eq!(a, b, "{dtype:?} row {r}");
+                if r + 1 < m.rows {
+                    let (mut c, mut d) = ([0f32; TILE], [0f32; TILE]);
+                    let mut next = [0f32; TILE];
+                    let (rb, x) = (m.row_bytes(), xs.as_ptr());
+                    // SAFETY: as above; rows r and r + 1 lie within `m.data`.
+                    unsafe {
+                        avx2::tile::<8>(m.kind, row.add(rb), nb, bs, m.cols, x, &mut next);
+                        avx2::tile2_conv::<8>(m.kind, row, rb, nb, bs, m.cols, x, &mut c, &mut d);
+                        assert_eq!((a, next), (c, d), "{dtype:?} rows {r}, {}", r + 1);
+                        if dtype != GgmlDType::Q8_0 {
+                            avx2::tile2_lut::<8>(
+                                m.kind, row, rb, nb, bs, m.cols, x, &mut c, &mut d,
+                            );
+                            assert_eq!((a, next), (c, d), "{dtype:?} rows {r}, {} (table)", r + 1);
+                        }
+                    }
+                }
             }
         }
     }
