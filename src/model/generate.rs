@@ -3,12 +3,12 @@
 //! ([`generate`]).
 
 use candle_core::{DType, Tensor};
-use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
 use super::llama::{Llama, Mode, Outputs, SeqInput};
 use super::lora::LoraAdapter;
+use super::sampler::{Rule, Sampler};
 use super::tokenizer::{DecodeStream, Tokenizer};
 
 /// How to choose tokens and when to stop.
@@ -103,17 +103,14 @@ impl SamplingParams {
         Ok(())
     }
 
-    fn sampling(&self) -> Sampling {
-        let temperature = self.temperature;
-        if temperature < 1e-6 {
-            return Sampling::ArgMax;
+    fn rule(&self) -> Rule {
+        if self.temperature < 1e-6 {
+            return Rule::Greedy;
         }
-        let top_p = self.top_p.filter(|&p| p < 1.0);
-        match (self.top_k, top_p) {
-            (Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature },
-            (Some(k), None) => Sampling::TopK { k, temperature },
-            (None, Some(p)) => Sampling::TopP { p, temperature },
-            (None, None) => Sampling::All { temperature },
+        Rule::Sample {
+            temperature: self.temperature as f32,
+            top_k: self.top_k,
+            top_p: self.top_p.filter(|&p| p < 1.0).map(|p| p as f32),
         }
     }
 }
@@ -197,7 +194,9 @@ impl StopMatcher {
 /// stop conditions. The caller runs the model; this decides what the logits mean.
 pub struct Generation {
     params: SamplingParams,
-    processor: LogitsProcessor,
+    sampler: Sampler,
+    /// Logits with the repetition penalty applied, reused across steps.
+    penalised: Vec<f32>,
     stop_ids: Vec<u32>,
     history: Vec<u32>,
     generated: Vec<u32>,
@@ -216,7 +215,8 @@ impl Generation {
         let tail = prompt.len().saturating_sub(params.repeat_last_n);
         Ok(Self {
             params: params.clone(),
-            processor: LogitsProcessor::from_sampling(seed, params.sampling()),
+            sampler: Sampler::new(params.rule(), seed),
+            penalised: Vec::new(),
             stop_ids: stop_ids.to_vec(),
             history: prompt[tail..].to_vec(),
             generated: Vec::new(),
@@ -233,21 +233,32 @@ impl Generation {
 
     /// Samples the next token from `logits` (shape `(vocab,)`) and advances.
     pub fn step(&mut self, logits: &Tensor, tokenizer: &Tokenizer) -> Result<Step> {
+        let logits: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
+        self.step_logits(&logits, tokenizer)
+    }
+
+    /// [`Generation::step`] on one row of logits as a slice (the engine reads a whole
+    /// batch's logits out at once).
+    pub fn step_logits(&mut self, logits: &[f32], tokenizer: &Tokenizer) -> Result<Step> {
         if self.finished.is_some() {
             return Err(Error::InvalidArgument("generation already finished".into()));
         }
-        let mut logits = logits.to_dtype(DType::F32)?;
-        if self.params.repetition_penalty != 1.0 && !self.history.is_empty() {
-            logits = candle_transformers::utils::apply_repeat_penalty(
-                &logits,
+        let logits = if self.params.repetition_penalty != 1.0 && !self.history.is_empty() {
+            self.penalised.clear();
+            self.penalised.extend_from_slice(logits);
+            apply_repeat_penalty(
+                &mut self.penalised,
                 self.params.repetition_penalty,
                 &self.history,
-            )?;
-        }
-        let token = self.processor.sample(&logits)?;
+            );
+            &self.penalised[..]
+        } else {
+            logits
+        };
+        let token = self.sampler.sample(logits);
         if self.params.logprobs {
             self.logprobs
-                .push(logprob_of(&logits, token, self.params.top_logprobs)?);
+                .push(logprob_of(logits, token, self.params.top_logprobs));
         }
         self.generated.push(token);
         self.history.push(token);
@@ -339,14 +350,31 @@ impl std::fmt::Debug for Generation {
     }
 }
 
+/// Divides the positive logits of tokens seen in `context` by `penalty` and multiplies
+/// the negative ones (each token once), as candle-transformers' `apply_repeat_penalty`.
+fn apply_repeat_penalty(logits: &mut [f32], penalty: f32, context: &[u32]) {
+    let mut seen = std::collections::HashSet::new();
+    for &t in context {
+        if !seen.insert(t) {
+            continue;
+        }
+        if let Some(l) = logits.get_mut(t as usize) {
+            if *l >= 0.0 {
+                *l /= penalty;
+            } else {
+                *l *= penalty;
+            }
+        }
+    }
+}
+
 /// Log-softmax of `logits` at `token`, plus the `top` best alternatives.
-fn logprob_of(logits: &Tensor, token: u32, top: usize) -> Result<TokenLogprob> {
-    let v: Vec<f32> = logits.to_vec1()?;
+fn logprob_of(v: &[f32], token: u32, top: usize) -> TokenLogprob {
     let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lse = max + v.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
     let lp = |i: usize| v.get(i).map_or(f32::NEG_INFINITY, |&x| x - lse);
     let mut best = Vec::new();
-    if top > 0 {
+    if top > 0 && !v.is_empty() {
         let mut idx: Vec<usize> = (0..v.len()).collect();
         let k = top.min(v.len());
         idx.select_nth_unstable_by(k - 1, |&a, &b| v[b].total_cmp(&v[a]));
@@ -354,11 +382,11 @@ fn logprob_of(logits: &Tensor, token: u32, top: usize) -> Result<TokenLogprob> {
         idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]));
         best = idx.into_iter().map(|i| (i as u32, lp(i))).collect();
     }
-    Ok(TokenLogprob {
+    TokenLogprob {
         token,
         logprob: lp(token as usize),
         top: best,
-    })
+    }
 }
 
 /// A finished completion.

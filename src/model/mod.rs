@@ -13,8 +13,10 @@ pub mod llama;
 pub mod loader;
 pub mod lora;
 pub mod rope;
+mod sampler;
 pub mod template;
 pub mod tokenizer;
+mod vexp;
 pub mod weights;
 
 pub use cache::KvCache;
