@@ -91,6 +91,35 @@ impl PrefixCache {
         Some((entry.cache.clone(), n))
     }
 
+    /// Whether a sequence about to prefill `prompt` should wait for `other`, a prompt
+    /// of the same version being prefilled now: once `other` is done and remembered,
+    /// `prompt` would reuse at least [`MIN_REUSE`] more tokens than the cache offers it
+    /// today (`per_token`: bytes one token's keys and values take). Prompts that
+    /// arrive together with a shared start (the same question twice, `n` choices of
+    /// one request, one system prompt) then compute it once instead of side by side.
+    pub(super) fn worth_waiting(
+        &self,
+        version: &str,
+        prompt: &[u32],
+        dtype: DType,
+        other: &[u32],
+        per_token: usize,
+    ) -> bool {
+        if self.budget == 0 || per_token == 0 || prompt.len() <= MIN_REUSE {
+            return false;
+        }
+        let limit = (prompt.len() - 1).min(self.budget / 4 / per_token);
+        let later = shared_prefix(other, prompt).min(limit);
+        let now = self
+            .entries
+            .iter()
+            .filter(|e| e.version == version && e.cache.dtype() == dtype)
+            .map(|e| shared_prefix(&e.tokens, prompt).min(limit))
+            .max()
+            .unwrap_or(0);
+        later >= now + MIN_REUSE
+    }
+
     /// Remembers the first tokens of `prompt`, whose keys and values `cache` holds.
     pub(super) fn insert(&mut self, version: &str, prompt: &[u32], cache: &KvCache) -> Result<()> {
         if self.budget == 0 || prompt.len() <= MIN_REUSE {
@@ -228,6 +257,38 @@ mod tests {
         off.insert("m@v1", &a, &cache_of(&a)).expect("insert");
         assert_eq!(off.used(), 0);
         assert!(off.lookup("m@v1", &a, DType::F32).is_none());
+    }
+
+    /// A prompt waits for another being prefilled only when that one, once kept, would
+    /// give it at least MIN_REUSE more tokens than the cache holds for it now.
+    #[test]
+    fn prompts_wait_for_a_shared_start_being_computed() {
+        let per_token = cache_of(&[1]).bytes_per_token();
+        let system: Vec<u32> = (1..=12).collect();
+        let q1 = prompt(&system, 100..110);
+        let q2 = prompt(&system, 200..210);
+        let mut pc = PrefixCache::new(1 << 20);
+        // Nothing cached: the same question again, or one sharing the system prompt,
+        // is worth waiting for; an unrelated one, another version, or a cache that is
+        // off is not.
+        assert!(pc.worth_waiting("v", &q1, DType::F32, &q1, per_token));
+        assert!(pc.worth_waiting("v", &q2, DType::F32, &q1, per_token));
+        let other: Vec<u32> = (500..530).collect();
+        assert!(!pc.worth_waiting("v", &other, DType::F32, &q1, per_token));
+        let off = PrefixCache::new(0);
+        assert!(!off.worth_waiting("v", &q1, DType::F32, &q1, per_token));
+        // With the system prompt cached, q2 gains nothing from q1 (they share only
+        // that), but the same question again still gains its own 10 tokens.
+        pc.insert("v", &q1, &cache_of(&q1)).expect("insert");
+        let q3 = prompt(&system, 300..310);
+        let mut q3_again = q3.clone();
+        q3_again.push(7);
+        assert!(!pc.worth_waiting("v", &q2, DType::F32, &q3, per_token));
+        assert!(pc.worth_waiting("v", &q3_again, DType::F32, &q3, per_token));
+        // What one entry may keep bounds the gain: with room for 7 tokens per entry
+        // (a quarter of 28), nothing is worth waiting for.
+        let small = PrefixCache::new(28 * per_token);
+        assert!(!small.worth_waiting("v", &q1, DType::F32, &q1, per_token));
     }
 
     #[test]

@@ -31,9 +31,10 @@ struct Seq {
     gen: Generation,
     /// Prompt tokens already run through the model.
     prefilled: usize,
-    /// Keys and values of a cached prefix of the prompt (and its length), copied into
-    /// `cache` when the sequence first runs.
-    prefix: Option<(KvCache, usize)>,
+    /// Whether the sequence has run: its cached prompt prefix is looked up and copied
+    /// when it first runs, so a waiting sequence holds no cache memory and sees the
+    /// prompts finished just before it.
+    started: bool,
     /// The last sampled token, to be fed next.
     next: Option<u32>,
     last_token_at: Option<Instant>,
@@ -140,16 +141,7 @@ impl Scheduler {
                 deadline: req.deadline,
                 events: req.events,
             });
-            let dtype = match self.config.kv_cache {
-                KvStorage::F32 => candle_core::DType::F32,
-                KvStorage::F16 => candle_core::DType::F16,
-            };
-            // One lookup per request: its choices share the prompt.
-            let prefix = self.prefixes.lookup(&shared.version, &shared.prompt, dtype);
-            if self.prefixes.is_enabled() {
-                let result = if prefix.is_some() { "hit" } else { "miss" };
-                self.metrics.prefix_cache.with_label_values(&[result]).inc();
-            }
+            let dtype = self.dtype();
             for choice in 0..req.n {
                 let mut params = req.params.clone();
                 params.seed = params.seed.map(|s| s.wrapping_add(choice as u64));
@@ -170,7 +162,7 @@ impl Scheduler {
                     shared: shared.clone(),
                     choice,
                     cache: KvCache::with_dtype(config.num_layers, dtype).reserving(length),
-                    prefix: prefix.clone(),
+                    started: false,
                     gen,
                     prefilled: 0,
                     next: None,
@@ -179,6 +171,13 @@ impl Scheduler {
                     done: false,
                 });
             }
+        }
+    }
+
+    fn dtype(&self) -> candle_core::DType {
+        match self.config.kv_cache {
+            KvStorage::F32 => candle_core::DType::F32,
+            KvStorage::F16 => candle_core::DType::F16,
         }
     }
 
@@ -201,27 +200,44 @@ impl Scheduler {
 
     /// One forward pass over every running sequence.
     fn step(&mut self) {
-        let context = self.model.llama.config().context_length;
+        let config = self.model.llama.config();
+        let context = config.context_length;
+        let dtype = self.dtype();
+        let per_token =
+            2 * config.num_layers * config.num_kv_heads * config.head_dim * dtype.size_in_bytes();
         let mut budget = self.config.prefill_chunk.max(1);
+        // Prompts part-way through prefill, which sequences yet to start may wait for.
+        let mut prefilling: Vec<Arc<Shared>> = self
+            .running
+            .iter()
+            .filter(|s| s.started && s.next.is_none() && s.prefilled < s.shared.prompt.len())
+            .map(|s| s.shared.clone())
+            .collect();
         // Inputs per running sequence (None: not scheduled this step).
         let mut inputs: Vec<Option<Vec<u32>>> = Vec::with_capacity(self.running.len());
         for s in &mut self.running {
             if let Some(t) = s.next {
                 inputs.push(Some(vec![t]));
             } else if s.prefilled < s.shared.prompt.len() && budget > 0 {
-                // A cached prefix is copied when the sequence first runs, so waiting
-                // sequences hold no cache memory yet.
-                if let Some((source, n)) = s.prefix.take() {
-                    match s.cache.extend_from(&source, n) {
-                        Ok(()) => {
-                            s.prefilled = n;
-                            self.metrics.prefix_cache_tokens.inc_by(n as u64);
-                        }
-                        Err(e) => {
-                            tracing::warn!("prefix cache: cannot copy {n} cached tokens: {e}");
-                            s.cache.truncate(0);
-                        }
+                if !s.started {
+                    let prompt = &s.shared.prompt;
+                    let wait = prefilling.iter().any(|p| {
+                        p.version == s.shared.version
+                            && self.prefixes.worth_waiting(
+                                &s.shared.version,
+                                prompt,
+                                dtype,
+                                &p.prompt,
+                                per_token,
+                            )
+                    });
+                    if wait {
+                        inputs.push(None);
+                        continue;
                     }
+                    s.started = true;
+                    start(&mut self.prefixes, &self.metrics, dtype, s);
+                    prefilling.push(s.shared.clone());
                 }
                 let n = (s.shared.prompt.len() - s.prefilled).min(budget);
                 budget -= n;
@@ -252,7 +268,16 @@ impl Scheduler {
                 .llama
                 .forward(&mut seqs, Outputs::LastToken, Mode::Serve)
         };
-        let logits = match result {
+        // The batch's logits read out once, one row per scheduled sequence.
+        let logits = result.and_then(|l| {
+            let vocab = l.dim(candle_core::D::Minus1)?;
+            let rows: Vec<f32> = l
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?;
+            Ok((rows, vocab))
+        });
+        let (logits, vocab) = match logits {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("forward pass failed: {e}");
@@ -298,11 +323,11 @@ impl Scheduler {
             .par_iter_mut()
             .zip(&rows)
             .map(|(s, row)| {
-                row.map(|row| {
-                    logits
-                        .get(row)
-                        .map_err(crate::model::Error::from)
-                        .and_then(|l| s.gen.step(&l, tokenizer))
+                row.map(|row| match logits.get(row * vocab..(row + 1) * vocab) {
+                    Some(l) => s.gen.step_logits(l, tokenizer),
+                    None => Err(crate::model::Error::InvalidArgument(format!(
+                        "no logits for batch row {row}"
+                    ))),
                 })
             })
             .collect();
@@ -386,6 +411,28 @@ impl Scheduler {
             } else {
                 s.next = Some(step.token);
             }
+        }
+    }
+}
+
+/// A sequence's first run: the longest cached prefix of its prompt is copied into its
+/// cache, and prefill starts after it.
+fn start(prefixes: &mut PrefixCache, metrics: &Metrics, dtype: candle_core::DType, s: &mut Seq) {
+    let Some((source, n)) = prefixes.lookup(&s.shared.version, &s.shared.prompt, dtype) else {
+        if prefixes.is_enabled() {
+            metrics.prefix_cache.with_label_values(&["miss"]).inc();
+        }
+        return;
+    };
+    metrics.prefix_cache.with_label_values(&["hit"]).inc();
+    match s.cache.extend_from(&source, n) {
+        Ok(()) => {
+            s.prefilled = n;
+            metrics.prefix_cache_tokens.inc_by(n as u64);
+        }
+        Err(e) => {
+            tracing::warn!("prefix cache: cannot copy {n} cached tokens: {e}");
+            s.cache.truncate(0);
         }
     }
 }

@@ -553,6 +553,30 @@ fn shared_prompt_prefixes_are_reused_and_answers_do_not_change() {
         "hits were not counted"
     );
     assert!(on.metric("tether_prefix_cache_bytes") > 0.0);
+
+    // Two choices of one request share their whole prompt: the second waits while the
+    // first computes it, then reuses all of it but the last token (before, both could
+    // reuse only the cached system prompt). Sampled answers stay those of the server
+    // without the cache.
+    let two = json!({"model": "tether", "n": 2, "temperature": 0.8, "seed": 11, "max_tokens": 12,
+        "messages": [{"role": "user", "content": "Describe, in two sentences, how a lighthouse keeper on a small rocky island spends a stormy winter night."}]});
+    let before = reused(&on);
+    let (status, a, _) = on.post("/v1/chat/completions", &two);
+    assert_eq!(status, 200, "{a}");
+    let gained = reused(&on) - before;
+    let (status, b, _) = off.post("/v1/chat/completions", &two);
+    assert_eq!(status, 200, "{b}");
+    for i in 0..2 {
+        assert_eq!(
+            a["choices"][i]["message"]["content"], b["choices"][i]["message"]["content"],
+            "choice {i} differs"
+        );
+    }
+    let prompt = a["usage"]["prompt_tokens"].as_f64().expect("prompt tokens");
+    assert!(
+        gained >= prompt - 1.0 + 8.0,
+        "the two choices reused {gained} tokens of a {prompt}-token prompt"
+    );
     assert_eq!(
         reused(&off),
         0.0,
