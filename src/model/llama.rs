@@ -783,6 +783,13 @@ fn f32_slice<'a>(s: &'a candle_core::StorageRef<'_>) -> &'a [f32] {
     }
 }
 
+fn f16_slice<'a>(s: &'a candle_core::StorageRef<'_>) -> Option<&'a [half::f16]> {
+    match &**s {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F16(v)) => Some(v),
+        _ => None,
+    }
+}
+
 /// One head's `rows` cached rows of width `hd`, starting at `offset` with row stride
 /// `stride`, as f32: borrowed when stored as f32, widened into `scratch` when f16.
 fn kv_rows<'a>(
@@ -844,6 +851,76 @@ impl Heads<'_> {
     #[target_feature(enable = "avx2")]
     unsafe fn attend_avx2(&self, k: &[f32], ks: usize, v: &[f32], vs: usize, s: usize) -> Vec<f32> {
         self.attend_any(k, ks, v, vs, s)
+    }
+
+    /// [`Heads::attend`] reading f16 keys and values directly, each row widened in
+    /// registers as it is used (F16C) instead of into a scratch copy first. The
+    /// arithmetic and its order are those of `attend_any` compiled for AVX2: per key,
+    /// eight-lane products added to eight partial sums, the lanes then summed in order;
+    /// per value row, `w·v` added to the output.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn attend_f16(
+        &self,
+        k: &[half::f16],
+        kstride: usize,
+        v: &[half::f16],
+        vstride: usize,
+        s: usize,
+    ) -> Vec<f32> {
+        use std::arch::x86_64::*;
+        let (hd, total, scale) = (self.hd, self.total, self.scale);
+        let mut out = vec![0f32; self.count * self.len * hd];
+        if s == 0 {
+            return out;
+        }
+        assert!(
+            hd % 8 == 0
+                && (s - 1) * kstride + hd <= k.len()
+                && (s - 1) * vstride + hd <= v.len()
+                && s >= self.len
+        );
+        let row8 = |base: &[half::f16], at: usize| {
+            _mm256_cvtph_ps(_mm_loadu_si128(base.as_ptr().add(at) as *const __m128i))
+        };
+        let mut scores = vec![0f32; s];
+        for (hi, h) in (self.first..self.first + self.count).enumerate() {
+            for l in 0..self.len {
+                let visible = s - self.len + l + 1;
+                let qrow = &self.q[h * total * hd + (self.start + l) * hd..][..hd];
+                let mut max = f32::NEG_INFINITY;
+                for (p, score) in scores.iter_mut().enumerate().take(visible) {
+                    let mut acc = _mm256_setzero_ps();
+                    for c in (0..hd).step_by(8) {
+                        let q = _mm256_loadu_ps(qrow.as_ptr().add(c));
+                        acc = _mm256_add_ps(acc, _mm256_mul_ps(q, row8(k, p * kstride + c)));
+                    }
+                    let mut lanes = [0f32; 8];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+                    let dot: f32 = lanes.iter().sum();
+                    *score = dot * scale;
+                    max = max.max(*score);
+                }
+                for score in scores.iter_mut().take(visible) {
+                    *score -= max;
+                }
+                super::vexp::exp_in_place(&mut scores[..visible]);
+                let sum: f32 = scores[..visible].iter().sum();
+                let o = &mut out[(hi * self.len + l) * hd..][..hd];
+                for (p, &w) in scores.iter().enumerate().take(visible) {
+                    let w = _mm256_set1_ps(w / sum);
+                    for c in (0..hd).step_by(8) {
+                        let oc = o.as_mut_ptr().add(c);
+                        let vr = row8(v, p * vstride + c);
+                        _mm256_storeu_ps(
+                            oc,
+                            _mm256_add_ps(_mm256_loadu_ps(oc), _mm256_mul_ps(w, vr)),
+                        );
+                    }
+                }
+            }
+        }
+        out
     }
 
     #[inline(always)]
@@ -934,9 +1011,6 @@ fn attend_direct(q: &Tensor, jobs: &[DirectJob], nkv: usize) -> Result<Vec<(usiz
         .map(|&(j, kvh)| {
             let job = &jobs[j];
             let (ks, ko, kst, vs, vo, vst, s) = &views[j];
-            let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
-            let (k, kstride) = kv_rows(ks, ko + kvh * kst[0], kst[1], *s, hd, &mut kbuf);
-            let (v, vstride) = kv_rows(vs, vo + kvh * vst[0], vst[1], *s, hd, &mut vbuf);
             let heads = Heads {
                 q: qv,
                 total,
@@ -947,6 +1021,18 @@ fn attend_direct(q: &Tensor, jobs: &[DirectJob], nkv: usize) -> Result<Vec<(usiz
                 len: job.len,
                 scale,
             };
+            let (ko, vo) = (ko + kvh * kst[0], vo + kvh * vst[0]);
+            #[cfg(target_arch = "x86_64")]
+            if let (Some(k), Some(v)) = (f16_slice(ks), f16_slice(vs)) {
+                if hd % 8 == 0 && super::blockq::has_avx2() {
+                    // SAFETY: AVX2 and F16C are present (checked above); `attend_f16`
+                    // checks that every row it reads lies within the slices.
+                    return unsafe { heads.attend_f16(&k[ko..], kst[1], &v[vo..], vst[1], *s) };
+                }
+            }
+            let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
+            let (k, kstride) = kv_rows(ks, ko, kst[1], *s, hd, &mut kbuf);
+            let (v, vstride) = kv_rows(vs, vo, vst[1], *s, hd, &mut vbuf);
             heads.attend(k, kstride, v, vstride, *s)
         })
         .collect();
@@ -1007,4 +1093,50 @@ fn routing<'a>(seqs: &[SeqInput<'a>], spans: &[(usize, usize)]) -> Routing<'a> {
         }
     }
     Routing::Segments(segs)
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    use super::*;
+
+    /// Direct attention over f16 rows computes exactly what it computes over the same
+    /// rows widened to f32 first.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn f16_rows_attend_exactly_as_widened_rows() {
+        if !crate::model::blockq::has_avx2() {
+            return;
+        }
+        let (hd, s, len, heads) = (64, 37, 3, 3);
+        let total = len + 2;
+        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.7;
+        let q: Vec<f32> = (0..heads * total * hd).map(|i| val(i + 5)).collect();
+        // Rows with a stride wider than a row, as in a reserved cache.
+        let stride = hd + 16;
+        let k16: Vec<f16> = (0..s * stride)
+            .map(|i| f16::from_f32(val(i + 11)))
+            .collect();
+        let v16: Vec<f16> = (0..s * stride)
+            .map(|i| f16::from_f32(val(i + 13)))
+            .collect();
+        let widen = |x: &[f16]| x.iter().map(|h| h.to_f32()).collect::<Vec<f32>>();
+        let (k32, v32) = (widen(&k16), widen(&v16));
+        let h = Heads {
+            q: &q,
+            total,
+            hd,
+            first: 0,
+            count: heads,
+            start: 2,
+            len,
+            scale: 0.125,
+        };
+        let want = h.attend(&k32, stride, &v32, stride, s);
+        // SAFETY: AVX2 and F16C are present (checked above).
+        let got = unsafe { h.attend_f16(&k16, stride, &v16, stride, s) };
+        assert_eq!(got, want);
+        assert!(got.iter().any(|&x| x != 0.0));
+    }
 }
