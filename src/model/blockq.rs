@@ -775,6 +775,9 @@ mod avx2 {
     }
 }
 
+/// Whether the kernel may use AVX-512VL (32 vector registers, two-table permutes; the
+/// code stays 256-bit). `TETHER_NO_AVX512` set in the environment turns it off, to
+/// compare the paths or to rule this one out.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx512vl() -> bool {
     use std::sync::OnceLock;
