@@ -610,25 +610,66 @@ mod avx2 {
         let mut acc = [_mm256_setzero_ps(); NT];
         for b in 0..nb {
             let blk = row.add(b * bs);
-            let (d, mm) = scales(kind, blk);
-            let q = unpack(kind, blk);
-            let (dv, mv) = (_mm256_set1_ps(d), _mm256_set1_ps(mm));
-            let w = [
-                _mm256_fmadd_ps(q[0], dv, mv),
-                _mm256_fmadd_ps(q[1], dv, mv),
-                _mm256_fmadd_ps(q[2], dv, mv),
-                _mm256_fmadd_ps(q[3], dv, mv),
-            ];
-            for (t, a) in acc.iter_mut().enumerate() {
-                let xs = x.add(t * cols + b * QK);
-                let mut v = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xs), *a);
-                v = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xs.add(8)), v);
-                v = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xs.add(16)), v);
-                *a = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xs.add(24)), v);
-            }
+            let w = dequant(kind, blk);
+            accumulate(&w, x.add(b * QK), cols, &mut acc);
         }
         for t in 0..NT {
             out[t] = hsum(acc[t]);
+        }
+    }
+
+    /// A block's 32 weights `q·d + m`, converted from integers.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dequant(kind: BlockType, blk: *const u8) -> [__m256; 4] {
+        let (d, mm) = scales(kind, blk);
+        let q = unpack(kind, blk);
+        let (dv, mv) = (_mm256_set1_ps(d), _mm256_set1_ps(mm));
+        [
+            _mm256_fmadd_ps(q[0], dv, mv),
+            _mm256_fmadd_ps(q[1], dv, mv),
+            _mm256_fmadd_ps(q[2], dv, mv),
+            _mm256_fmadd_ps(q[3], dv, mv),
+        ]
+    }
+
+    /// A 4-bit block's 32 weights through its 16-entry table (see [`tile_lut`]).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    unsafe fn dequant_lut(kind: BlockType, blk: *const u8) -> [__m256; 4] {
+        let off = if kind == BlockType::Q4_0 { 2 } else { 4 };
+        let (d, mm) = scales(kind, blk);
+        let (dv, mv) = (_mm256_set1_ps(d), _mm256_set1_ps(mm));
+        let q_lo = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
+        let q_hi = _mm256_setr_ps(8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0);
+        let t_lo = _mm256_fmadd_ps(q_lo, dv, mv);
+        let t_hi = _mm256_fmadd_ps(q_hi, dv, mv);
+        let qs = _mm_loadu_si128(blk.add(off) as *const __m128i);
+        let hi = _mm_srli_epi16(qs, 4);
+        [
+            _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(qs), t_hi),
+            _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(_mm_srli_si128(qs, 8)), t_hi),
+            _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(hi), t_hi),
+            _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)), t_hi),
+        ]
+    }
+
+    /// Adds one block's weights `w` times each token's 32 activations (`x` at the
+    /// block's first column, tokens `cols` apart) into the tokens' accumulators.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn accumulate<const NT: usize>(
+        w: &[__m256; 4],
+        x: *const f32,
+        cols: usize,
+        acc: &mut [__m256; NT],
+    ) {
+        for (t, a) in acc.iter_mut().enumerate() {
+            let xs = x.add(t * cols);
+            let mut v = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xs), *a);
+            v = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xs.add(8)), v);
+            v = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xs.add(16)), v);
+            *a = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xs.add(24)), v);
         }
     }
 
@@ -651,31 +692,10 @@ mod avx2 {
         x: *const f32,
         out: &mut [f32],
     ) {
-        let off = if kind == BlockType::Q4_0 { 2 } else { 4 };
-        let q_lo = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
-        let q_hi = _mm256_setr_ps(8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0);
         let mut acc = [_mm256_setzero_ps(); NT];
         for b in 0..nb {
-            let blk = row.add(b * bs);
-            let (d, mm) = scales(kind, blk);
-            let (dv, mv) = (_mm256_set1_ps(d), _mm256_set1_ps(mm));
-            let t_lo = _mm256_fmadd_ps(q_lo, dv, mv);
-            let t_hi = _mm256_fmadd_ps(q_hi, dv, mv);
-            let qs = _mm_loadu_si128(blk.add(off) as *const __m128i);
-            let hi = _mm_srli_epi16(qs, 4);
-            let w = [
-                _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(qs), t_hi),
-                _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(_mm_srli_si128(qs, 8)), t_hi),
-                _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(hi), t_hi),
-                _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)), t_hi),
-            ];
-            for (t, a) in acc.iter_mut().enumerate() {
-                let xs = x.add(t * cols + b * QK);
-                let mut v = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xs), *a);
-                v = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xs.add(8)), v);
-                v = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xs.add(16)), v);
-                *a = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xs.add(24)), v);
-            }
+            let w = dequant_lut(kind, row.add(b * bs));
+            accumulate(&w, x.add(b * QK), cols, &mut acc);
         }
         for t in 0..NT {
             out[t] = hsum(acc[t]);
@@ -718,36 +738,16 @@ mod avx2 {
         out0: &mut [f32],
         out1: &mut [f32],
     ) {
-        let off = if kind == BlockType::Q4_0 { 2 } else { 4 };
-        let q_lo = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
-        let q_hi = _mm256_setr_ps(8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0);
         let mut acc0 = [_mm256_setzero_ps(); NT];
         let mut acc1 = [_mm256_setzero_ps(); NT];
         let deq = |blk: *const u8| {
-            let (d, mm) = scales(kind, blk);
-            let (dv, mv) = (_mm256_set1_ps(d), _mm256_set1_ps(mm));
-            if !LUT && kind == BlockType::Q8_0 {
-                return dequant_q8_magic(blk, d);
+            if LUT {
+                dequant_lut(kind, blk)
+            } else if kind == BlockType::Q8_0 {
+                dequant_q8_magic(blk, scales(kind, blk).0)
+            } else {
+                dequant(kind, blk)
             }
-            if !LUT {
-                let q = unpack(kind, blk);
-                return [
-                    _mm256_fmadd_ps(q[0], dv, mv),
-                    _mm256_fmadd_ps(q[1], dv, mv),
-                    _mm256_fmadd_ps(q[2], dv, mv),
-                    _mm256_fmadd_ps(q[3], dv, mv),
-                ];
-            }
-            let t_lo = _mm256_fmadd_ps(q_lo, dv, mv);
-            let t_hi = _mm256_fmadd_ps(q_hi, dv, mv);
-            let qs = _mm_loadu_si128(blk.add(off) as *const __m128i);
-            let hi = _mm_srli_epi16(qs, 4);
-            [
-                _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(qs), t_hi),
-                _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(_mm_srli_si128(qs, 8)), t_hi),
-                _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(hi), t_hi),
-                _mm256_permutex2var_ps(t_lo, _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)), t_hi),
-            ]
         };
         for b in 0..nb {
             let w0 = deq(row.add(b * bs));

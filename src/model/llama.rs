@@ -852,6 +852,16 @@ fn kv_rows<'a>(
     }
 }
 
+/// `scores[i] = e^(scores[i] − max)` and their sum, in order: the unnormalised softmax.
+#[inline(always)]
+fn softmax_weights(scores: &mut [f32], max: f32) -> f32 {
+    for score in scores.iter_mut() {
+        *score -= max;
+    }
+    super::vexp::exp_in_place(scores);
+    scores.iter().sum()
+}
+
 /// The query heads that share one key/value head, for one sequence's new tokens.
 struct Heads<'a> {
     /// All queries, `(heads, total, hd)`.
@@ -938,11 +948,7 @@ impl Heads<'_> {
                     *score = dot * scale;
                     max = max.max(*score);
                 }
-                for score in scores.iter_mut().take(visible) {
-                    *score -= max;
-                }
-                super::vexp::exp_in_place(&mut scores[..visible]);
-                let sum: f32 = scores[..visible].iter().sum();
+                let sum = softmax_weights(&mut scores[..visible], max);
                 let o = &mut out[(hi * self.len + l) * hd..][..hd];
                 for (p, &w) in scores.iter().enumerate().take(visible) {
                     let w = _mm256_set1_ps(w / sum);
@@ -992,11 +998,7 @@ impl Heads<'_> {
                     *score = dot * scale;
                     max = max.max(*score);
                 }
-                for score in scores.iter_mut().take(visible) {
-                    *score -= max;
-                }
-                super::vexp::exp_in_place(&mut scores[..visible]);
-                let sum: f32 = scores[..visible].iter().sum();
+                let sum = softmax_weights(&mut scores[..visible], max);
                 let o = &mut out[(hi * self.len + l) * hd..][..hd];
                 for (p, &w) in scores.iter().enumerate().take(visible) {
                     let w = w / sum;
