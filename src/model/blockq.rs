@@ -321,17 +321,18 @@ mod avx2 {
     const ROW_BLOCK: usize = 16;
 
     /// Calls a tile function with its token count as a constant (1–8).
+    /// (`by_tile!(nt, f<C>, ...)` passes `C` as the function's second constant.)
     macro_rules! by_tile {
-        ($nt:expr, $f:ident, $($arg:expr),*) => {
+        ($nt:expr, $f:ident $(<$c:tt>)?, $($arg:expr),*) => {
             match $nt {
-                8 => $f::<8>($($arg),*),
-                7 => $f::<7>($($arg),*),
-                6 => $f::<6>($($arg),*),
-                5 => $f::<5>($($arg),*),
-                4 => $f::<4>($($arg),*),
-                3 => $f::<3>($($arg),*),
-                2 => $f::<2>($($arg),*),
-                _ => $f::<1>($($arg),*),
+                8 => $f::<8 $(, $c)?>($($arg),*),
+                7 => $f::<7 $(, $c)?>($($arg),*),
+                6 => $f::<6 $(, $c)?>($($arg),*),
+                5 => $f::<5 $(, $c)?>($($arg),*),
+                4 => $f::<4 $(, $c)?>($($arg),*),
+                3 => $f::<3 $(, $c)?>($($arg),*),
+                2 => $f::<2 $(, $c)?>($($arg),*),
+                _ => $f::<1 $(, $c)?>($($arg),*),
             }
         };
     }
@@ -478,8 +479,8 @@ mod avx2 {
         // 4-bit formats dequantize through a 16-entry table when AVX-512VL is there.
         // With AVX-512VL's 32 registers, rows go two at a time (`tile2`), and 4-bit
         // formats dequantize through a 16-entry table.
-        let pairs = has_avx512vl();
-        let lut = pairs && kind != BlockType::Q8_0;
+        let two_rows = has_avx512vl();
+        let lut = two_rows && kind != BlockType::Q8_0;
         // Blocks of rows, and within a block every tile of tokens over every row: a
         // tile's activations (8 tokens, 18 KB for 576 columns) and a block's weights
         // stay in L1 while they are reused, instead of each row streaming every
@@ -492,12 +493,38 @@ mod avx2 {
                 let x0 = xp.add(t0 * cols);
                 // Pairs of rows (when the CPU has AVX-512VL), then any row left over.
                 let mut i = first;
-                if pairs {
+                if two_rows {
                     let band = (first, last);
                     if lut {
-                        by_tile!(nt, pairs_lut, kind, base, band, rb, nb, bs, cols, x0, t0, out);
+                        by_tile!(
+                            nt,
+                            pairs<true>,
+                            kind,
+                            base,
+                            band,
+                            rb,
+                            nb,
+                            bs,
+                            cols,
+                            x0,
+                            t0,
+                            out
+                        );
                     } else {
-                        by_tile!(nt, pairs_conv, kind, base, band, rb, nb, bs, cols, x0, t0, out);
+                        by_tile!(
+                            nt,
+                            pairs<false>,
+                            kind,
+                            base,
+                            band,
+                            rb,
+                            nb,
+                            bs,
+                            cols,
+                            x0,
+                            t0,
+                            out
+                        );
                     }
                     i = last - (last - first) % 2;
                 }
@@ -555,40 +582,6 @@ mod avx2 {
             }
             i += 2;
         }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn pairs_lut<const NT: usize>(
-        kind: BlockType,
-        base: *const u8,
-        band: (usize, usize),
-        rb: usize,
-        nb: usize,
-        bs: usize,
-        cols: usize,
-        x: *const f32,
-        t0: usize,
-        out: &mut Columns,
-    ) {
-        pairs::<NT, true>(kind, base, band, rb, nb, bs, cols, x, t0, out)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn pairs_conv<const NT: usize>(
-        kind: BlockType,
-        base: *const u8,
-        band: (usize, usize),
-        rb: usize,
-        nb: usize,
-        bs: usize,
-        cols: usize,
-        x: *const f32,
-        t0: usize,
-        out: &mut Columns,
-    ) {
-        pairs::<NT, false>(kind, base, band, rb, nb, bs, cols, x, t0, out)
     }
 
     /// One row against `NT` tokens: each block is dequantized once (`q·d + m`, in f32)

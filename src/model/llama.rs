@@ -916,13 +916,12 @@ impl Heads<'_> {
         s: usize,
     ) -> Vec<f32> {
         use std::arch::x86_64::*;
-        let (hd, total, scale) = (self.hd, self.total, self.scale);
-        let mut out = vec![0f32; self.count * self.len * hd];
+        let hd = self.hd;
         if s == 0 {
-            return out;
+            return vec![0f32; self.count * self.len * hd];
         }
         assert!(
-            hd % 8 == 0
+            hd.is_multiple_of(8)
                 && (s - 1) * kstride + hd <= k.len()
                 && (s - 1) * vstride + hd <= v.len()
                 && s >= self.len
@@ -930,40 +929,27 @@ impl Heads<'_> {
         let row8 = |base: &[half::f16], at: usize| {
             _mm256_cvtph_ps(_mm_loadu_si128(base.as_ptr().add(at) as *const __m128i))
         };
-        let mut scores = vec![0f32; s];
-        for (hi, h) in (self.first..self.first + self.count).enumerate() {
-            for l in 0..self.len {
-                let visible = s - self.len + l + 1;
-                let qrow = &self.q[h * total * hd + (self.start + l) * hd..][..hd];
-                let mut max = f32::NEG_INFINITY;
-                for (p, score) in scores.iter_mut().enumerate().take(visible) {
-                    let mut acc = _mm256_setzero_ps();
-                    for c in (0..hd).step_by(8) {
-                        let q = _mm256_loadu_ps(qrow.as_ptr().add(c));
-                        acc = _mm256_add_ps(acc, _mm256_mul_ps(q, row8(k, p * kstride + c)));
-                    }
-                    let mut lanes = [0f32; 8];
-                    _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-                    let dot: f32 = lanes.iter().sum();
-                    *score = dot * scale;
-                    max = max.max(*score);
+        self.attend_with(
+            s,
+            |qrow, p| {
+                let mut acc = _mm256_setzero_ps();
+                for c in (0..hd).step_by(8) {
+                    let q = _mm256_loadu_ps(qrow.as_ptr().add(c));
+                    acc = _mm256_add_ps(acc, _mm256_mul_ps(q, row8(k, p * kstride + c)));
                 }
-                let sum = softmax_weights(&mut scores[..visible], max);
-                let o = &mut out[(hi * self.len + l) * hd..][..hd];
-                for (p, &w) in scores.iter().enumerate().take(visible) {
-                    let w = _mm256_set1_ps(w / sum);
-                    for c in (0..hd).step_by(8) {
-                        let oc = o.as_mut_ptr().add(c);
-                        let vr = row8(v, p * vstride + c);
-                        _mm256_storeu_ps(
-                            oc,
-                            _mm256_add_ps(_mm256_loadu_ps(oc), _mm256_mul_ps(w, vr)),
-                        );
-                    }
+                let mut lanes = [0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+                lanes.iter().sum()
+            },
+            |o, w, p| {
+                let w = _mm256_set1_ps(w);
+                for c in (0..hd).step_by(8) {
+                    let oc = o.as_mut_ptr().add(c);
+                    let vr = row8(v, p * vstride + c);
+                    _mm256_storeu_ps(oc, _mm256_add_ps(_mm256_loadu_ps(oc), _mm256_mul_ps(w, vr)));
                 }
-            }
-        }
-        out
+            },
+        )
     }
 
     #[inline(always)]
@@ -975,6 +961,42 @@ impl Heads<'_> {
         vstride: usize,
         s: usize,
     ) -> Vec<f32> {
+        let hd = self.hd;
+        self.attend_with(
+            s,
+            |qrow, p| {
+                let krow = &k[p * kstride..][..hd];
+                let mut acc = [0f32; 8];
+                for (qc, kc) in qrow.chunks_exact(8).zip(krow.chunks_exact(8)) {
+                    for i in 0..8 {
+                        acc[i] += qc[i] * kc[i];
+                    }
+                }
+                let mut dot: f32 = acc.iter().sum();
+                for i in (hd / 8) * 8..hd {
+                    dot += qrow[i] * krow[i];
+                }
+                dot
+            },
+            |o, w, p| {
+                let vrow = &v[p * vstride..][..hd];
+                for (oi, vi) in o.iter_mut().zip(vrow) {
+                    *oi += w * vi;
+                }
+            },
+        )
+    }
+
+    /// The attention loops over heads, new tokens and visible positions; `dot(q, p)`
+    /// is a query row times cached key `p`, `add(o, w, p)` adds `w` times cached value
+    /// `p` to an output row. The storage-specific paths supply those two.
+    #[inline(always)]
+    fn attend_with(
+        &self,
+        s: usize,
+        dot: impl Fn(&[f32], usize) -> f32,
+        add: impl Fn(&mut [f32], f32, usize),
+    ) -> Vec<f32> {
         let (hd, total, scale) = (self.hd, self.total, self.scale);
         let mut out = vec![0f32; self.count * self.len * hd];
         let mut scores = vec![0f32; s];
@@ -984,28 +1006,13 @@ impl Heads<'_> {
                 let qrow = &self.q[h * total * hd + (self.start + l) * hd..][..hd];
                 let mut max = f32::NEG_INFINITY;
                 for (p, score) in scores.iter_mut().enumerate().take(visible) {
-                    let krow = &k[p * kstride..][..hd];
-                    let mut acc = [0f32; 8];
-                    for (qc, kc) in qrow.chunks_exact(8).zip(krow.chunks_exact(8)) {
-                        for i in 0..8 {
-                            acc[i] += qc[i] * kc[i];
-                        }
-                    }
-                    let mut dot: f32 = acc.iter().sum();
-                    for i in (hd / 8) * 8..hd {
-                        dot += qrow[i] * krow[i];
-                    }
-                    *score = dot * scale;
+                    *score = dot(qrow, p) * scale;
                     max = max.max(*score);
                 }
                 let sum = softmax_weights(&mut scores[..visible], max);
                 let o = &mut out[(hi * self.len + l) * hd..][..hd];
                 for (p, &w) in scores.iter().enumerate().take(visible) {
-                    let w = w / sum;
-                    let vrow = &v[p * vstride..][..hd];
-                    for (oi, vi) in o.iter_mut().zip(vrow) {
-                        *oi += w * vi;
-                    }
+                    add(o, w / sum, p);
                 }
             }
         }
