@@ -36,6 +36,10 @@ pub struct EngineConfig {
     /// Bytes of recent prompts' keys and values kept so that prompts starting with the
     /// same tokens skip recomputing them (0: off).
     pub prefix_cache_bytes: usize,
+    /// Let a step whose sequences can be split evenly run as two half-batches side by
+    /// side, one per thread, instead of one batch whose every product is split across
+    /// the threads (see `scheduler::split_batch`). Answers are the same either way.
+    pub split_batches: bool,
 }
 
 /// How the KV cache stores keys and values.
@@ -59,6 +63,7 @@ impl Default for EngineConfig {
             batching: true,
             kv_cache: KvStorage::F16,
             prefix_cache_bytes: 16 << 20,
+            split_batches: true,
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub generated_tokens: IntCounterVec,
     /// Sequences per forward pass.
     pub batch_size: Histogram,
+    /// Forward steps run as two half-batches side by side.
+    pub split_steps: IntCounter,
     /// Bytes allocated for KV caches of running sequences.
     pub kv_cache_bytes: IntGauge,
     /// Prefix-cache lookups by result (`hit`, `miss`).
@@ -171,6 +173,10 @@ impl Metrics {
             batch_size: reg!(Histogram::with_opts(
                 HistogramOpts::new("tether_batch_size", "Sequences per forward pass.")
                     .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
+            )?),
+            split_steps: reg!(IntCounter::new(
+                "tether_split_steps_total",
+                "Forward steps run as two half-batches side by side, one per thread."
             )?),
             kv_cache_bytes: reg!(IntGauge::new(
                 "tether_kv_cache_bytes",

@@ -285,6 +285,7 @@ fn metrics_pass_promtool_check() {
         "tether_prompt_tokens_total",
         "tether_generated_tokens_total",
         "tether_batch_size_bucket",
+        "tether_split_steps_total",
         "tether_queue_wait_seconds_bucket",
         "tether_kv_cache_bytes",
     ] {
@@ -510,6 +511,51 @@ fn sixteen_concurrent_streams_all_progress_and_cancelled_clients_free_their_slot
 fn an_f32_kv_cache_serves_the_same_answer() {
     let s = TestServer::start(|c| c.engine.kv_cache = tether::engine::KvStorage::F32);
     answers_paris(&s);
+}
+
+/// Eight choices decoding together run as two half-batches side by side, one per
+/// thread, and every choice's answer is the one a server that never splits gives: the
+/// halves' logits go back to the right sequences.
+#[test]
+fn split_batches_answer_as_one_batch_does() {
+    let req = json!({"model": "tether", "n": 8, "temperature": 0.9, "seed": 5, "max_tokens": 16,
+        "messages": [{"role": "user", "content": "Invent a name for a small bakery and say why."}]});
+    let on = TestServer::start(|c| c.server.response_cache_bytes = 0);
+    let off = TestServer::start(|c| {
+        c.server.response_cache_bytes = 0;
+        c.engine.split_batches = false;
+    });
+    let (status, a, _) = on.post("/v1/chat/completions", &req);
+    assert_eq!(status, 200, "{a}");
+    let (status, b, _) = off.post("/v1/chat/completions", &req);
+    assert_eq!(status, 200, "{b}");
+    let texts = |v: &Value| -> Vec<String> {
+        (0..8)
+            .map(|i| {
+                v["choices"][i]["message"]["content"]
+                    .as_str()
+                    .expect("content")
+                    .to_string()
+            })
+            .collect()
+    };
+    let (a, b) = (texts(&a), texts(&b));
+    assert_eq!(a, b, "split and unsplit servers answered differently");
+    // The choices differ from one another, so rows given to the wrong sequence would
+    // have shown.
+    let distinct: std::collections::HashSet<&String> = a.iter().collect();
+    assert!(
+        distinct.len() >= 4,
+        "choices too alike to tell apart: {a:?}"
+    );
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads >= 2 {
+        assert!(
+            on.metric("tether_split_steps_total") >= 4.0,
+            "the eight choices never ran as two halves"
+        );
+    }
+    assert_eq!(off.metric("tether_split_steps_total"), 0.0);
 }
 
 /// A prompt that starts like an earlier one (here the chat template's system prompt)
