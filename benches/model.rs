@@ -5,6 +5,7 @@
 //! cargo bench --bench model                 # all paths
 //! cargo bench --bench model -- --compute qf32
 //! cargo bench --bench model -- --decode-only 8 --prompt 40   # batched decode only, in a pool as the engine runs it
+//! cargo bench --bench model -- --decode-only 8 --prompt 40 --split   # the same as two halves side by side
 //! ```
 //!
 //! Prints decode tokens/s (one sequence: 128 tokens after a 200-token prompt), prefill
@@ -41,7 +42,8 @@ fn main() {
         let prompt = flag(&args, "--prompt")
             .and_then(|n| n.parse::<usize>().ok())
             .unwrap_or(200);
-        let rate = pool.install(|| decode_rate(&m, n, prompt, 128));
+        let split = args.iter().any(|a| a == "--split");
+        let rate = pool.install(|| decode_rate(&m, n, prompt, 128, split));
         println!("aggregate decode, {n} sequences after {prompt}-token prompts: {rate:.1} tok/s");
         return;
     }
@@ -112,7 +114,10 @@ fn prefill_rate(m: &LoadedModel, n: usize) -> f64 {
 }
 
 /// Aggregate decode tokens/s for `batch` sequences after `prompt`-token prompts.
-fn decode_rate(m: &LoadedModel, batch: usize, prompt: usize, steps: usize) -> f64 {
+///
+/// With `split`, each step runs as two halves side by side (one forward pass per
+/// thread), as the engine runs steps of many sequences.
+fn decode_rate(m: &LoadedModel, batch: usize, prompt: usize, steps: usize, split: bool) -> f64 {
     let mut caches: Vec<KvCache> = (0..batch).map(|_| m.llama.new_cache()).collect();
     let mut next: Vec<u32> = (0..batch)
         .map(|i| prefill(m, &prompt_tokens(m, prompt, i * 7), &mut caches[i])[0])
@@ -129,10 +134,19 @@ fn decode_rate(m: &LoadedModel, batch: usize, prompt: usize, steps: usize) -> f6
                 adapter: None,
             })
             .collect();
-        let logits = m
-            .llama
-            .forward(&mut seqs, Outputs::LastToken, Mode::Serve)
-            .expect("decode");
+        let logits = if split && seqs.len() >= 2 {
+            let k = seqs.len().div_ceil(2);
+            let (a, b) = seqs.split_at_mut(k);
+            let (la, lb) = rayon::join(
+                || m.llama.forward(a, Outputs::LastToken, Mode::Serve),
+                || m.llama.forward(b, Outputs::LastToken, Mode::Serve),
+            );
+            candle_core::Tensor::cat(&[la.expect("a"), lb.expect("b")], 0).expect("cat")
+        } else {
+            m.llama
+                .forward(&mut seqs, Outputs::LastToken, Mode::Serve)
+                .expect("decode")
+        };
         next = argmax(&logits);
     }
     (batch * steps) as f64 / t.elapsed().as_secs_f64()
@@ -176,9 +190,9 @@ fn run(compute: ComputePath) {
     let load = t.elapsed().as_secs_f64();
     let p200 = prefill_rate(&m, 200);
     let p512 = prefill_rate(&m, 512);
-    let d1 = decode_rate(&m, 1, 200, 128);
-    let d4 = decode_rate(&m, 4, 200, 64);
-    let d8 = decode_rate(&m, 8, 200, 64);
+    let d1 = decode_rate(&m, 1, 200, 128, false);
+    let d4 = decode_rate(&m, 4, 200, 64, false);
+    let d8 = decode_rate(&m, 8, 200, 64, false);
     let serving_rss = peak_rss_mb();
     let step = lora_step(&m);
     let (step_s, step_tps) = match step {

@@ -452,11 +452,14 @@ impl Scheduler {
 /// the fixed part being the weights' reading and dequantization that all of a pass's
 /// tokens share (measured with `cargo bench --bench model -- --decode-only N` on one
 /// thread: 4 sequences 47.6 ms a step, 8 sequences 64.5 ms).
-const PASS_FIXED_TOKENS: f64 = 7.0;
+const PASS_FIXED_TOKENS: usize = 7;
 /// How much faster one pass runs with its products and attention split across two
-/// threads than on one (the same bench: 8 sequences 124 tok/s on one thread, 163 on
-/// two).
-const SHARED_PASS_SPEEDUP: f64 = 1.3;
+/// threads than on one. The same bench gave 1.3 in a quiet moment (8 sequences: 124
+/// tok/s on one thread, 163 on two), less when the machine is shared, since each of
+/// the pass's jobs waits for the slower thread; 1.2 matches alternating runs of one
+/// batch against two halves (`--split`), where two halves won at 5 to 8 sequences
+/// and the two were even at 4. As a fraction: 6/5.
+const SHARED_PASS_SPEEDUP: (usize, usize) = (6, 5);
 
 /// How a step's sequences (`fed[k]`: the k-th one's new tokens) run: `None` as one
 /// batch whose matrix products and attention are split across the threads, or two
@@ -469,11 +472,12 @@ const SHARED_PASS_SPEEDUP: f64 = 1.3;
 /// thread runs whole passes, at the price of each reading all the weights and of
 /// fewer tokens sharing each weight block. The halves are balanced by token count
 /// (largest first, into the lighter half), and the step is split when the larger half
-/// on one thread should finish before the whole batch on two:
-/// `fixed + larger < (fixed + all) / speedup`. So 8 decoding sequences run as two
-/// halves of 4 (about 10% more tokens/s in the bench above, and far steadier when the
-/// machine is shared), 4 or fewer as one batch, and a long prefill chunk next to a
-/// few decoding sequences as one batch.
+/// on one thread should finish no later than the whole batch on two,
+/// `fixed + larger <= (fixed + all) / speedup` (a tie splits: two halves are steadier
+/// on a shared machine). So 4 or more decoding sequences run as
+/// two halves (8 as 4 + 4: about 10% more tokens/s in the bench above, and steadier
+/// when the machine is shared), 3 or fewer as one batch, and a long prefill chunk
+/// next to a few decoding sequences as one batch.
 ///
 /// Splitting changes no sequence's arithmetic while the batches stay small enough for
 /// the block kernel (`MAX_KERNEL_TOKENS`), whose per-token sums do not depend on the
@@ -495,9 +499,8 @@ fn split_batch(fed: &[usize], threads: usize) -> Option<(Vec<usize>, Vec<usize>)
             tb += fed[k];
         }
     }
-    let larger = PASS_FIXED_TOKENS + ta.max(tb) as f64;
-    let whole = (PASS_FIXED_TOKENS + (ta + tb) as f64) / SHARED_PASS_SPEEDUP;
-    if larger >= whole {
+    let (num, den) = SHARED_PASS_SPEEDUP;
+    if num * (PASS_FIXED_TOKENS + ta.max(tb)) > den * (PASS_FIXED_TOKENS + ta + tb) {
         return None;
     }
     a.sort_unstable();
@@ -581,18 +584,21 @@ mod tests {
         assert_eq!(all, (0..8).collect::<Vec<_>>());
         let (a, b) = split_batch(&[1; 16], 4).expect("16 split");
         assert_eq!((a.len(), b.len()), (8, 8));
+        let (a, b) = split_batch(&[1; 5], 2).expect("5 split");
+        assert_eq!((a.len(), b.len()), (3, 2));
+        assert!(split_batch(&[1; 4], 2).is_some());
     }
 
     #[test]
     fn small_or_lopsided_steps_stay_one_batch() {
         // One thread, or too few tokens for two passes to beat one shared pass.
         assert_eq!(split_batch(&[1; 8], 1), None);
-        assert_eq!(split_batch(&[1; 4], 2), None);
+        assert_eq!(split_batch(&[1; 3], 2), None);
         assert_eq!(split_batch(&[1], 2), None);
         assert_eq!(split_batch(&[], 2), None);
         // A long prefill chunk next to seven decoding sequences: one half would carry
         // nearly all the work.
-        assert_eq!(split_batch(&[1, 1, 1, 30, 1, 1, 1, 1], 2), None);
+        assert_eq!(split_batch(&[1, 1, 1, 40, 1, 1, 1, 1], 2), None);
         // A short chunk balances against the decoding sequences: it goes alone.
         let (a, b) = split_batch(&[1, 1, 1, 12, 1, 1, 1, 1], 2).expect("split");
         let (big, small) = if a.contains(&3) { (a, b) } else { (b, a) };
