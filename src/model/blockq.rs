@@ -477,8 +477,8 @@ mod avx2 {
             return;
         }
         // 4-bit formats dequantize through a 16-entry table when AVX-512VL is there.
-        // With AVX-512VL's 32 registers, rows go two at a time (`tile2`), and 4-bit
-        // formats dequantize through a 16-entry table.
+        // With AVX-512VL's 32 registers, rows go two or four at a time (`tile2`,
+        // `tile4`), and 4-bit formats dequantize through a 16-entry table.
         let two_rows = has_avx512vl();
         let lut = two_rows && kind != BlockType::Q8_0;
         // Blocks of rows, and within a block every tile of tokens over every row: a
@@ -491,14 +491,14 @@ mod avx2 {
             while t0 < tokens {
                 let nt = (tokens - t0).min(TILE);
                 let x0 = xp.add(t0 * cols);
-                // Pairs of rows (when the CPU has AVX-512VL), then any row left over.
+                // Groups of rows (when the CPU has AVX-512VL), then any row left over.
                 let mut i = first;
                 if two_rows {
                     let band = (first, last);
                     if lut {
                         by_tile!(
                             nt,
-                            pairs<true>,
+                            row_groups<true>,
                             kind,
                             base,
                             band,
@@ -513,7 +513,7 @@ mod avx2 {
                     } else {
                         by_tile!(
                             nt,
-                            pairs<false>,
+                            row_groups<false>,
                             kind,
                             base,
                             band,
@@ -545,12 +545,13 @@ mod avx2 {
         }
     }
 
-    /// Rows `band.0..band.1` (rounded down to an even count) two at a time against
-    /// `NT` tokens starting at token `t0`, written into `out`.
+    /// Rows `band.0..band.1` (rounded down to an even count) against `NT` tokens
+    /// starting at token `t0`, written into `out`: four at a time while four remain
+    /// when `NT` is at most 4 ([`tile4`]), otherwise two at a time ([`tile2`]).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn pairs<const NT: usize, const LUT: bool>(
+    unsafe fn row_groups<const NT: usize, const LUT: bool>(
         kind: BlockType,
         base: *const u8,
         band: (usize, usize),
@@ -563,6 +564,18 @@ mod avx2 {
         out: &mut Columns,
     ) {
         let mut i = band.0;
+        if NT <= 4 {
+            while i + 3 < band.1 {
+                let mut o = [[0f32; TILE]; 4];
+                tile4::<NT, LUT>(kind, base.add(i * rb), rb, nb, bs, cols, x, &mut o);
+                for (r, row) in o.iter().enumerate() {
+                    for (t, &v) in row[..NT].iter().enumerate() {
+                        out.set(t0 + t, i + r, v);
+                    }
+                }
+                i += 4;
+            }
+        }
         while i + 1 < band.1 {
             let (mut o0, mut o1) = ([0f32; TILE], [0f32; TILE]);
             tile2::<NT, LUT>(
@@ -714,6 +727,53 @@ mod avx2 {
         [ld(0), ld(1), ld(2), ld(3)]
     }
 
+    /// A block's weights as the multi-row tiles dequantize them: through the table
+    /// with `LUT` (4-bit formats), Q8_0 with its exact bit trick, else by conversion.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    unsafe fn dequant_for<const LUT: bool>(kind: BlockType, blk: *const u8) -> [__m256; 4] {
+        if LUT {
+            dequant_lut(kind, blk)
+        } else if kind == BlockType::Q8_0 {
+            dequant_q8_magic(blk, scales(kind, blk).0)
+        } else {
+            dequant(kind, blk)
+        }
+    }
+
+    /// [`tile2`] for four consecutive rows and at most four tokens. With so few
+    /// tokens, two rows give at most 8 accumulators, each a chain of four dependent
+    /// FMAs per block: too few chains to keep both FMA ports busy (measured: 4 tokens
+    /// cost about as much as 8). Four rows give 16. Each row's block is dequantized
+    /// just before its FMAs, and the tokens' activations are read again for each row
+    /// (from L1). The same products in the same order as [`tile`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile4<const NT: usize, const LUT: bool>(
+        kind: BlockType,
+        row: *const u8,
+        rb: usize,
+        nb: usize,
+        bs: usize,
+        cols: usize,
+        x: *const f32,
+        out: &mut [[f32; TILE]; 4],
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); NT]; 4];
+        for b in 0..nb {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let w = dequant_for::<LUT>(kind, row.add(r * rb + b * bs));
+                accumulate(&w, x.add(b * QK), cols, acc);
+            }
+        }
+        for (o, acc) in out.iter_mut().zip(&acc) {
+            for t in 0..NT {
+                o[t] = hsum(acc[t]);
+            }
+        }
+    }
+
     /// [`tile`] (or with `LUT`, [`tile_lut`]) for two consecutive rows (`rb` bytes
     /// apart): each token's activations are loaded once for both rows' FMAs, and the
     /// 16 accumulators fit in AVX-512VL's 32 vector registers.
@@ -733,18 +793,9 @@ mod avx2 {
     ) {
         let mut acc0 = [_mm256_setzero_ps(); NT];
         let mut acc1 = [_mm256_setzero_ps(); NT];
-        let deq = |blk: *const u8| {
-            if LUT {
-                dequant_lut(kind, blk)
-            } else if kind == BlockType::Q8_0 {
-                dequant_q8_magic(blk, scales(kind, blk).0)
-            } else {
-                dequant(kind, blk)
-            }
-        };
         for b in 0..nb {
-            let w0 = deq(row.add(b * bs));
-            let w1 = deq(row.add(rb + b * bs));
+            let w0 = dequant_for::<LUT>(kind, row.add(b * bs));
+            let w1 = dequant_for::<LUT>(kind, row.add(rb + b * bs));
             for t in 0..NT {
                 let xs = x.add(t * cols + b * QK);
                 let x0 = _mm256_loadu_ps(xs);
@@ -936,7 +987,8 @@ mod tests {
         }
     }
 
-    /// The table-lookup tile computes bit-for-bit what the conversion tile computes.
+    /// The table-lookup tile computes bit-for-bit what the conversion tile computes,
+    /// and so do the two- and four-row tiles.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn table_dequantization_matches_conversion_exactly() {
@@ -968,6 +1020,32 @@ mod tests {
                     }
                 }
                 assert_eq!(a, b, "{dtype:?} row {r}");
+                if r == 0 {
+                    // Four rows at a time, with four and three tokens: each row as
+                    // the one-row tile computes it.
+                    let (rb, x) = (m.row_bytes(), xs.as_ptr());
+                    let mut want = [[0f32; TILE]; 4];
+                    let (mut conv, mut table) = ([[0f32; TILE]; 4], [[0f32; TILE]; 4]);
+                    // SAFETY: as above; rows 0..4 lie within `m.data`.
+                    unsafe {
+                        for (i, w) in want.iter_mut().enumerate() {
+                            avx2::tile::<4>(m.kind, row.add(i * rb), nb, bs, m.cols, x, w);
+                        }
+                        avx2::tile4::<4, false>(m.kind, row, rb, nb, bs, m.cols, x, &mut conv);
+                        assert_eq!(conv, want, "{dtype:?} four rows");
+                        if dtype != GgmlDType::Q8_0 {
+                            avx2::tile4::<4, true>(m.kind, row, rb, nb, bs, m.cols, x, &mut table);
+                            assert_eq!(table, want, "{dtype:?} four rows (table)");
+                        }
+                        let mut three = [[0f32; TILE]; 4];
+                        for (i, w) in want.iter_mut().enumerate() {
+                            *w = [0f32; TILE];
+                            avx2::tile::<3>(m.kind, row.add(i * rb), nb, bs, m.cols, x, w);
+                        }
+                        avx2::tile4::<3, false>(m.kind, row, rb, nb, bs, m.cols, x, &mut three);
+                        assert_eq!(three, want, "{dtype:?} four rows, three tokens");
+                    }
+                }
                 if r + 1 < m.rows {
                     let (mut c, mut d) = ([0f32; TILE], [0f32; TILE]);
                     let mut next = [0f32; TILE];
