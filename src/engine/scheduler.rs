@@ -322,9 +322,8 @@ impl Scheduler {
         };
         // Sequences whose prompt is now wholly prefilled sample a token from their row.
         let mut rows: Vec<Option<usize>> = vec![None; self.running.len()];
-        for (&i, &row) in scheduled.iter().zip(&row_of) {
+        for ((&i, &row), &fed) in scheduled.iter().zip(&row_of).zip(&fed) {
             let s = &mut self.running[i];
-            let fed = inputs[i].as_ref().map_or(0, Vec::len);
             if s.next.is_none() {
                 s.prefilled += fed;
                 if s.prefilled < s.shared.prompt.len() {

@@ -321,8 +321,16 @@ mod avx2 {
     const ROW_BLOCK: usize = 16;
 
     /// Calls a tile function with its token count as a constant (1–8).
-    /// (`by_tile!(nt, f<C>, ...)` passes `C` as the function's second constant.)
+    /// (`by_tile!(nt, f<C>, ...)` passes `C` as the function's second constant;
+    /// `by_tile!(nt, f<if b>, ...)` passes `true` or `false` as `b` is.)
     macro_rules! by_tile {
+        ($nt:expr, $f:ident <if $b:ident>, $($arg:expr),*) => {
+            if $b {
+                by_tile!($nt, $f<true>, $($arg),*)
+            } else {
+                by_tile!($nt, $f<false>, $($arg),*)
+            }
+        };
         ($nt:expr, $f:ident $(<$c:tt>)?, $($arg:expr),*) => {
             match $nt {
                 8 => $f::<8 $(, $c)?>($($arg),*),
@@ -495,37 +503,20 @@ mod avx2 {
                 let mut i = first;
                 if two_rows {
                     let band = (first, last);
-                    if lut {
-                        by_tile!(
-                            nt,
-                            row_groups<true>,
-                            kind,
-                            base,
-                            band,
-                            rb,
-                            nb,
-                            bs,
-                            cols,
-                            x0,
-                            t0,
-                            out
-                        );
-                    } else {
-                        by_tile!(
-                            nt,
-                            row_groups<false>,
-                            kind,
-                            base,
-                            band,
-                            rb,
-                            nb,
-                            bs,
-                            cols,
-                            x0,
-                            t0,
-                            out
-                        );
-                    }
+                    by_tile!(
+                        nt,
+                        row_groups<if lut>,
+                        kind,
+                        base,
+                        band,
+                        rb,
+                        nb,
+                        bs,
+                        cols,
+                        x0,
+                        t0,
+                        out
+                    );
                     i = last - (last - first) % 2;
                 }
                 for i in i..last {
