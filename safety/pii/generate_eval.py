@@ -1061,6 +1061,10 @@ ENTITY_GENS = {
     "CRYPTO": ("CRYPTO", gen_crypto),
     "DOB": ("DATE_TIME", gen_dob),
     "SECRET": ("SECRET", gen_secret),
+    # A card's security code and expiry after their cue: the anonymizer redacts them as
+    # card data (scored as CREDIT_CARD by `tether privacy eval`).
+    "CVV": ("CVV", lambda var, ctx: digits(3)),
+    "EXP": ("CARD_EXPIRY", lambda var, ctx: f"{R.randint(1, 12):02d}/{R.randint(26, 31)}"),
 }
 
 # --------------------------------------------------------------------------------------
@@ -1351,8 +1355,8 @@ POS = {
     ],
     "CREDIT_CARD": [
         "My card {CARD} was charged twice for the same order.",
-        "Please update the payment method to {CARD}, expiry {exp}.",
-        "My Amex {CARD:amex} expires {exp}, can I still use it?",
+        "Please update the payment method to {CARD}, expiry {EXP}.",
+        "My Amex {CARD:amex} expires {EXP}, can I still use it?",
         "Why was {CARD} declined at checkout?",
         "Refund to card {CARD} please, not store credit.",
         "I think someone stole my Visa {CARD:visa}.",
@@ -1363,7 +1367,7 @@ POS = {
         "I used my Discover card {CARD:discover} at the airport.",
         "JCB {CARD:jcb} isn't accepted on your site?",
         "Old Diners Club card: {CARD:diners}",
-        "cc#: {CARD} cvv {cvv}",
+        "cc#: {CARD} cvv {CVV}",
         "Can you check if {CARD} passes the Luhn check?",
         "Please cancel the card ending {last4}; the full number is {CARD}.",
     ],
@@ -1490,7 +1494,7 @@ BLOCKS_POS = [
     "Full name: {PERSON:full}\nAddress: {LOCATION:addr}\nSSN: {SSN}",
     "Applicant: {PERSON:full} | DOB {DOB} | {LOCATION:city}",
     "First name: {PERSON:first}\nLast name: {PERSON:p_last}\nCountry: {LOCATION:country}",
-    "Cardholder: {PERSON:full}\nCard number: {CARD}\nExpiry: {exp}\nCVC: {cvv}",
+    "Cardholder: {PERSON:full}\nCard number: {CARD}\nExpiry: {EXP}\nCVC: {CVV}",
     "Beneficiary: {PERSON:full}\nIBAN: {IBAN}\nBIC: {bic}\nReference: {invoice}",
     "Patient name: {PERSON:full}\nDOB: {DOB:us}\nPhone: {PHONE:us}",
     "Shipping to: {PERSON:full}, {LOCATION:addr}\nPhone: {PHONE:any}",

@@ -75,17 +75,27 @@ fn key(word: &str) -> String {
             })
             .collect();
     }
-    word.nfkd()
+    let mut out = String::with_capacity(word.len());
+    for c in word
+        .nfkd()
         .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
         .flat_map(char::to_lowercase)
-        .map(|c| {
-            if matches!(c, '\'' | '’' | '-') {
-                ' '
-            } else {
-                c
-            }
-        })
-        .collect()
+    {
+        // Letters that do not decompose, spelled as the gazetteers spell them.
+        match c {
+            '\'' | '’' | '-' => out.push(' '),
+            'ð' | 'đ' => out.push('d'),
+            'þ' => out.push_str("th"),
+            'ß' => out.push_str("ss"),
+            'ø' => out.push('o'),
+            'æ' => out.push_str("ae"),
+            'œ' => out.push_str("oe"),
+            'ł' => out.push('l'),
+            'ı' => out.push('i'),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A word of the text: byte range and whether it starts with a capital.
@@ -140,6 +150,13 @@ fn words(text: &str) -> Vec<Word<'_>> {
     }
     out
 }
+
+/// Given names in the lists that, standing alone, are more often something else:
+/// month and day abbreviations, card brands, cues.
+const NOT_ALONE: &[&str] = &[
+    "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "mon",
+    "tue", "wed", "thu", "fri", "sat", "sun", "visa", "fax", "tel", "ref", "nr",
+];
 
 const TITLES: &[&str] = &[
     "mr",
@@ -226,6 +243,81 @@ const NAME_CUES: &[&str] = &[
     "thank",
     "meet",
     "driver",
+    "signed by",
+    "assigned to",
+    "addressed to",
+    "contact person",
+    "ship to",
+    "deliver to",
+    "passenger",
+    "payee",
+    "registrant",
+    "boarding pass for",
+    "check with",
+    "loop in",
+    "talked to",
+    "hey it's",
+    "guardian",
+    "insured",
+    "holder",
+    "traveller",
+    "traveler",
+    "member",
+    "parent",
+    "spouse",
+];
+
+/// Verbs after which a capitalised word that opens a sentence is a person ("Ernő
+/// said", "Kulla will cover", "Nozima wants").
+const PERSON_VERBS: &[&str] = &[
+    "said",
+    "says",
+    "thinks",
+    "wants",
+    "agreed",
+    "asked",
+    "told",
+    "mentioned",
+    "suggested",
+    "wrote",
+    "replied",
+    "confirmed",
+    "promised",
+    "emailed",
+    "texted",
+    "knows",
+    "prefers",
+    "will",
+    "can",
+    "is out",
+    "is back",
+    "has left",
+    "needs",
+];
+
+/// Phrases after which any capitalised word is a place ("grew up in Tlmače").
+const STRONG_PLACE_CUES: &[&str] = &[
+    "grew up in",
+    "based in",
+    "born in",
+    "moved to",
+    "moved from",
+    "relocating to",
+    "relocate to",
+    "weather in",
+    "warehouse in",
+    "office in",
+    "visiting",
+    "citizen of",
+    "raised in",
+    "lives in",
+    "live in",
+    "living in",
+    "located in",
+    "flew to",
+    "trip to",
+    "travelling to",
+    "traveling to",
 ];
 
 /// Weaker cues: only known given or family names count after them.
@@ -295,7 +387,7 @@ fn ends_with_cue(text: &str, start: usize, cues: &[&str]) -> bool {
     }
     let before = text[b..start]
         .to_lowercase()
-        .trim_end_matches([' ', ',', ':', '\t', '\n', '\r', '-', '|'])
+        .trim_end_matches([' ', ',', ':', '\t', '\n', '\r', '-', '|', '"', '\''])
         .to_string();
     cues.iter().any(|c| {
         before.ends_with(c)
@@ -315,7 +407,20 @@ fn street_patterns() -> &'static [Regex] {
             format!(r"(?i:\b\d{{1,5}}[a-z]?,?\s+(?:rue|avenue|boulevard|bd|via|viale|piazza|calle|avenida|rua|chemin|allée|place|quai|impasse))\s+(?:(?:de|du|des|d'|la|le|del|della|di|da|do|dos)\s+)*[A-ZÀ-Ýa-zà-ÿ][\w'-]+(?:\s+[A-ZÀ-Ý][\w'-]+){{0,3}}{suffix}"),
             format!(r"\b(?:Calle|Avenida|Rua|Via|Viale|Piazza|Plaza|Paseo|Carrer|Rue|Avenue|Praça|Largo|Corso)\s+(?:(?:de|del|de la|di|da|do|dos|das|della|des|du)\s+)*[A-ZÀ-Ý][\w'-]+(?:\s+[A-ZÀ-Ý][\w'-]+){{0,3}},?\s+\d{{1,5}}[a-zA-Z]?{suffix}"),
             format!(r"\b[A-ZÄÖÜ][a-zäöüß]+(?:straße|strasse|str\.|weg|platz|gasse|allee|ring|damm|gracht|laan|straat|plein|vej|gatan|gata)\s+\d{{1,5}}[a-z]?{suffix}"),
+            // One-word street names by their ending, in many languages ("Oostvaardersdijk
+            // 705", "Orisaarenbulevardi 70", "Günay Sokağı 81").
+            format!(r"\b(?:\p{{Lu}}[\w'-]*[ \t]+)?\p{{Lu}}[\w'-]*(?:straße|strasse|weg|platz|gasse|allee|damm|gracht|laan|straat|plein|singel|dijk|kade|vej|gade|gatan|vägen|veien|gata|katu|tie|kuja|bulevardi|sokağı|sokak|caddesi|utca|útja|ulica|cesta|street|vegen|stræde|torget|gränd|stig|väg|vei|park|plads|tänav|iela|gatve)[ \t]+\d{{1,5}}[a-zA-Z]?{suffix}"),
             r"\b(?:P\.?O\.?\s*Box|Postfach)\s+\d{1,6}\b".to_string(),
+            // A street line with a unit ("76 Rita Path Apt. 318").
+            r"\b\d{1,6}[ \t]+(?:[A-Z][\w'.-]*[ \t]+){1,4}(?:Apt\.|Suite|Ste\.)[ \t]*\d+[A-Z]?\b".to_string(),
+            // US military mail: "USNS Kleist / FPO AP 69779", "PSC 1234, Box 5678 / APO AA 12345".
+            r"\b(?:(?:USNS|USNV|USS|USCGC)\s+[A-Z][a-z]+|(?:PSC|Unit|CMR)\s+\d{3,4},?\s+Box\s+\d{3,4})(?:\s*[/,\n]\s*|\s+)(?:APO|FPO|DPO)\s+(?:AA|AE|AP)\s+\d{5}\b|\b(?:APO|FPO|DPO)\s+(?:AA|AE|AP)\s+\d{5}\b".to_string(),
+            // A unit alone ("Suite 254", "Flat 0", "Studio 60J", "Piano 1").
+            r"\b(?:Suite|Apt\.|Apartment|Flat|Studio|Piano|Appartamento|Wohnung)[ \t]+#?\d{1,3}[A-Z]?\b".to_string(),
+            // Polish and similar prefixes: "ul. Asnyka Adama 82", "al. Jana Pawła II 12/4".
+            format!(r"\b(?:ul|al|pl|os|ulica|aleja)\.?[ \t]+\p{{Lu}}[\w'.-]*(?:[ \t]+[\w'.-]+){{0,3}}[ \t]+\d{{1,4}}[a-zA-Z]?(?:[ \t]*/[ \t]*\d{{1,4}})?{suffix}"),
+            // Czech and Slovak prepositions: "U Obůrky 749", "Nad Zátiším 5", "Ke Smolíku 1101".
+            format!(r"\b(?:U|Nad|Pod|Na|Ke|K|Za|Pri|Pod|Před)[ \t]+\p{{Lu}}[\w'-]+(?:[ \t]+\p{{Lu}}?[\w'-]+)?[ \t]+\d{{1,5}}(?:/\d{{1,4}})?[a-z]?{suffix}"),
             format!(r"\b(?:Am|An der|Im|Auf der|Zum|Zur|In der)\s+[A-ZÄÖÜ][\wäöüß-]+\s+\d{{1,5}}[a-z]?{suffix}"),
         ]
         .iter()
@@ -324,8 +429,49 @@ fn street_patterns() -> &'static [Regex] {
     })
 }
 
+/// A whole address line whose shape says what it is: the street (its number before
+/// or after the name), then a comma or line break, then a postcode and a city in
+/// either order ("833 Lyberget, 5290 Vennesla", "Lizesingel 0, 4596, Falmagne",
+/// "783 Matthew Lock, Valerieburgh, ME 91723", "2 Russell Hill, North George, BL97
+/// 1NW"). Words stay on one line until the separator, so a name on the line above
+/// is not swallowed.
+fn address_line() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        let word = r"\p{Lu}[\w'.-]*";
+        let postcode = r"(?:\d{4,5}(?:-\d{3,4})?|\d{3}[ ]\d{2}|\d{2}-\d{3}|\d{4}[ ]?[A-Z]{2}|[A-Z]{1,2}\d[A-Z\d]?[ ]?\d[A-Z]{2}|[A-Z]\d[A-Z][ ]?\d[A-Z]\d)";
+        let city = format!(r"{word}(?:[ \t-]{word}){{0,2}}");
+        let street = format!(
+            r"(?:\d{{1,6}}[a-zA-Z]?[ \t]+(?:{word}[ \t]+){{0,4}}{word}|{word}(?:[ \t]+[\w'.-]+){{0,4}},?[ \t]+\d{{1,5}}[a-zA-Z]?(?:[/-]\d{{1,4}})?)(?:[ \t]+(?:Apt\.?|Suite|Flat|Unit)[ \t]*\w+)?"
+        );
+        let sep = r"(?:,[ \t]*|[ \t]*\n[ \t]*)";
+        let locality = format!(r"(?:{city},[ \t]*)?");
+        let tail = format!(
+            r"(?:{locality}{postcode}[ \t]+{city}|{locality}{city}(?:,?[ \t]+[A-Z]{{2}})?,?[ \t]+{postcode})"
+        );
+        Regex::new(&format!(r"\b{street}{sep}{tail}\b"))
+            .unwrap_or_else(|e| panic!("built-in address pattern: {e}"))
+    })
+}
+
 /// PERSON and LOCATION spans in `text`.
 pub fn find(g: &Gazetteers, text: &str, out: &mut Vec<Span>) {
+    for m in address_line().find_iter(text) {
+        // "Chapter 12, 2020 Edition": the shape without the words of an address.
+        let first = key(m.as_str().split_whitespace().next().unwrap_or(""));
+        let last = key(m.as_str().split_whitespace().next_back().unwrap_or(""));
+        if g.common.contains(&last)
+            || (!first.starts_with(|c: char| c.is_ascii_digit()) && g.common.contains(&first))
+        {
+            continue;
+        }
+        out.push(Span {
+            entity: Entity::Location,
+            start: m.start(),
+            end: m.end(),
+            score: 0.85,
+        });
+    }
     for re in street_patterns() {
         for m in re.find_iter(text) {
             out.push(Span {
@@ -467,6 +613,33 @@ pub fn find(g: &Gazetteers, text: &str, out: &mut Vec<Span>) {
                 }
             }
         }
+        // Any capitalised words right after a strong place cue ("grew up in Tlmače",
+        // "relocating to Pamela Ville").
+        if (w.cap || w.acronym)
+            && !g.common.contains(&w.lower)
+            && ends_with_cue(text, w.start, STRONG_PLACE_CUES)
+        {
+            let mut j = i + 1;
+            while j < ws.len()
+                && j < i + 4
+                && ws[j].cap
+                && text[ws[j - 1].end..ws[j].start]
+                    .trim_matches([' ', '-'])
+                    .is_empty()
+                && ws[j].start - ws[j - 1].end <= 1
+                && !g.common.contains(&ws[j].lower)
+            {
+                j += 1;
+            }
+            out.push(Span {
+                entity: Entity::Location,
+                start: w.start,
+                end: ws[j - 1].end,
+                score: 0.8,
+            });
+            i = j;
+            continue;
+        }
         // People: a known given name, or a capitalised word before a known family
         // name, or any name after a cue ("my name is ...", "cc: li wei").
         let known_first = g.first.contains(lower);
@@ -504,6 +677,47 @@ pub fn find(g: &Gazetteers, text: &str, out: &mut Vec<Span>) {
             !text[b..w.start].contains([',', '\n'])
         };
         let next_cap = ws.get(i + 1).is_some_and(|n| n.cap && n.start - w.end <= 1);
+        // Names in capitals ("WHITAKER, JONATHAN", "JONATHAN WHITAKER"): two known
+        // name words next to each other, at most a comma between them.
+        let cue_here = w.acronym && ends_with_cue(text, w.start, NAME_CUES);
+        if w.acronym && (known || cue_here) && w.text.chars().count() > 1 {
+            if let Some(n) = ws.get(i + 1).filter(|n| {
+                n.acronym
+                    && n.text.chars().count() > 1
+                    && (cue_here || g.first.contains(&n.lower) || g.last.contains(&n.lower))
+                    && matches!(text[w.end..n.start].trim_matches(' '), "" | ",")
+                    && n.start - w.end <= 2
+            }) {
+                out.push(Span {
+                    entity: Entity::Person,
+                    start: w.start,
+                    end: n.end,
+                    score: 0.8,
+                });
+                i += 2;
+                continue;
+            }
+        }
+        // A known given name on its own ("Jennifer will send it", "ask Thomas"):
+        // the lists hold no common English word, so a capitalised one is a name.
+        // Not part of a product or a date: no capitalised word, digit, "/" or mark
+        // after it ("Iris Graphics", "Vega 56", "Visa/MC"), no number before ("30 Sep").
+        let alone = w.cap
+            && known_first
+            && w.text.chars().count() > 2
+            && !g.common.contains(lower)
+            && !g.places.contains(lower)
+            && !NOT_ALONE.contains(&lower)
+            && !ws.get(i + 1).is_some_and(|n| {
+                n.start - w.end <= 1 && (n.acronym || (n.cap && g.common.contains(&n.lower)))
+            })
+            && !text[w.end..].starts_with(['/', '®', '™', '-'])
+            && !text[w.end..]
+                .trim_start_matches(' ')
+                .starts_with(|c: char| c.is_ascii_digit())
+            && !text[..w.start]
+                .trim_end_matches(' ')
+                .ends_with(|c: char| c.is_ascii_digit());
         let starts = !w.acronym
             && ((w.cap
                 && known_first
@@ -513,7 +727,20 @@ pub fn find(g: &Gazetteers, text: &str, out: &mut Vec<Span>) {
                     && (w.cap || tight)
                     && (known_first || g.last.contains(lower))
                     && !g.common.contains(lower))
-                || (w.cap && cue && !g.common.contains(lower) && w.text.chars().count() > 1));
+                || (w.cap && cue && !g.common.contains(lower) && w.text.chars().count() > 1)
+                || alone
+                || (w.cap
+                    && w.sentence_start
+                    && !g.common.contains(lower)
+                    && !g.places.contains(lower)
+                    && w.text.chars().count() > 2
+                    && {
+                        let rest = text[w.end..].trim_start_matches(' ');
+                        PERSON_VERBS.iter().any(|v| {
+                            rest.starts_with(v)
+                                && !rest[v.len()..].starts_with(|c: char| c.is_alphanumeric())
+                        })
+                    }));
         if !starts {
             i += 1;
             continue;
@@ -524,6 +751,12 @@ pub fn find(g: &Gazetteers, text: &str, out: &mut Vec<Span>) {
             let gap = &text[ws[j - 1].end..n.start];
             // A middle initial ("Leonor D. Costa") is part of the name.
             let initial = ws[j - 1].text.chars().count() == 1 && gap == ". ";
+            // "Registrant: Sooksawang, Thanatcha": family name, comma, given name.
+            let inverted = cue && j == i + 1 && gap == ", " && n.cap && g.first.contains(&n.lower);
+            if inverted {
+                j += 1;
+                break;
+            }
             if !initial && (gap.len() > 2 || gap.contains(['\n', ',', '.', ';', '|'])) {
                 break;
             }

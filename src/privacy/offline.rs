@@ -191,13 +191,39 @@ pub struct Labelled {
 /// A gold span.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct GoldSpan {
-    /// Presidio entity name.
-    #[serde(rename = "type")]
+    /// Presidio entity name; a card's security code (`CVV`) and expiry
+    /// (`CARD_EXPIRY`) are scored as `CREDIT_CARD`, which is what the anonymizer
+    /// replaces them with.
+    #[serde(rename = "type", deserialize_with = "card_detail_as_card")]
     pub kind: String,
     /// First character.
     pub start: usize,
     /// After the last character.
     pub end: usize,
+}
+
+fn card_detail_as_card<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let kind = <String as serde::Deserialize>::deserialize(d)?;
+    Ok(match kind.as_str() {
+        "CVV" | "CARD_EXPIRY" => "CREDIT_CARD".into(),
+        _ => kind,
+    })
+}
+
+/// The 95% Wilson score interval of `k` successes in `n` trials.
+pub fn wilson(k: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (k, n, z) = (k as f64, n as f64, 1.959_964);
+    let p = k / n;
+    let centre = p + z * z / (2.0 * n);
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+    let denom = 1.0 + z * z / n;
+    (
+        ((centre - half) / denom).max(0.0),
+        ((centre + half) / denom).min(1.0),
+    )
 }
 
 /// Precision and recall of one entity type.
@@ -215,6 +241,10 @@ pub struct EntityScore {
     pub recall: f64,
     /// Gold spans matched exactly (same start and end) / gold.
     pub exact_recall: f64,
+    /// 95% Wilson interval of the precision.
+    pub precision_ci: (f64, f64),
+    /// 95% Wilson interval of the recall.
+    pub recall_ci: (f64, f64),
 }
 
 /// Scores the anonymizer on labelled examples, per entity type.
@@ -269,6 +299,8 @@ pub fn evaluate(a: &Anonymizer, examples: &[Labelled]) -> Vec<EntityScore> {
             precision: ratio(tp_pred, predicted),
             recall: ratio(tp_gold, gold),
             exact_recall: ratio(exact, gold),
+            precision_ci: wilson(tp_pred, predicted),
+            recall_ci: wilson(tp_gold, gold),
         });
     }
     out

@@ -74,16 +74,59 @@ fn card_issuer(ds: &[u32]) -> bool {
             && (12..=19).contains(&n)
 }
 
+/// Words near a number that make it a payment card.
+const CARD_CUES: &[&str] = &[
+    "card",
+    "cc",
+    "visa",
+    "mastercard",
+    "amex",
+    "credit",
+    "debit",
+    "payment",
+    "pan",
+];
+
+/// A run of 12 or more digits (spaces and dashes allowed between them) may hold a
+/// card followed by more digits ("4111 1111 1111 1111 0423", a card glued to its
+/// expiry): each prefix of 12 to 19 digits is tried, longest first. A prefix that
+/// ends inside a group of glued digits needs a card cue before it.
 fn card(text: &str, m: &str, s: usize, e: usize) -> Option<(usize, usize, f32)> {
+    if let Some(hit) = card_exact(text, m, s, e) {
+        return Some(hit);
+    }
+    let cued = {
+        let ctx = before(text, s, 32);
+        CARD_CUES.iter().any(|w| ctx.contains(w))
+    };
+    let bytes = m.as_bytes();
+    let mut count = 0;
+    let mut ends = Vec::new();
+    for (i, b) in bytes.iter().enumerate() {
+        if b.is_ascii_digit() {
+            count += 1;
+            let at_separator = bytes.get(i + 1).is_some_and(|n| matches!(n, b' ' | b'-'));
+            if (12..=19).contains(&count) && (at_separator || cued) && i + 1 < bytes.len() {
+                ends.push(i + 1);
+            }
+        }
+    }
+    ends.into_iter()
+        .rev()
+        .find_map(|end| card_exact(text, &m[..end], s, s + end))
+}
+
+fn card_exact(text: &str, m: &str, s: usize, e: usize) -> Option<(usize, usize, f32)> {
     let ds = digits(m);
     if !(12..=19).contains(&ds.len()) || !luhn(&ds) || !card_issuer(&ds) {
         return None;
     }
-    // Digits inside a longer token (`xoxb-5683…-…`) are not a card.
+    // Digits inside a longer token (`xoxb-5683…-…`) are not a card; a card may be
+    // followed by more digits (checked by the caller).
     let prev = text[..s].chars().next_back();
     let next = text[e..].chars().next();
-    if prev.is_some_and(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '/' | '.'))
-        || next.is_some_and(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '/'))
+    if prev.is_some_and(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '/' | '.' | '+'))
+        || next.is_some_and(|c| c.is_alphabetic() || matches!(c, '_' | '/'))
     {
         return None;
     }
@@ -108,6 +151,21 @@ fn card(text: &str, m: &str, s: usize, e: usize) -> Option<(usize, usize, f32)> 
     }
     Some((s, e, 1.0))
 }
+
+/// A card security code or expiry date: the value after its cue (`CVV: 123`,
+/// `exp 09/28`), captured as group 1.
+fn card_detail(_: &str, m: &str, s: usize, _e: usize) -> Option<(usize, usize, f32)> {
+    static RES: OnceLock<[Regex; 2]> = OnceLock::new();
+    let res = RES.get_or_init(|| {
+        [CVV, EXPIRY].map(|p| Regex::new(p).unwrap_or_else(|e| panic!("built-in pattern: {e}")))
+    });
+    res.iter()
+        .find_map(|re| re.captures(m).and_then(|c| c.get(1)))
+        .map(|v| (s + v.start(), s + v.end(), 0.9))
+}
+
+const CVV: &str = r#"(?i)\b(?:cvv2?|cvc2?|cvn|cid|csc|security\s+code|card\s+verification(?:\s+(?:code|value|number))?)\b(?:\s*(?:code|number|no\.?|#))?["']?\s*(?:is\s+)?[:=#-]?\s*["']?(\d{3,4})\b"#;
+const EXPIRY: &str = r#"(?i)\b(?:exp(?:iry|iration|ires)?(?:\.|\s+date)?|valid\s+(?:thru|through|until)|good\s+thru|expiry\s+date)["']?\s*(?:on\s+|is\s+)?[:=-]?\s*["']?((?:0?[1-9]|1[0-2])\s*[/-]\s*(?:20\d{2}|\d{2}))\b"#;
 
 fn iban_len(country: &str) -> Option<usize> {
     Some(match country {
@@ -189,8 +247,12 @@ pub fn iban_valid(compact: &str) -> bool {
     if compact.len() < 15 || !compact.is_ascii() {
         return false;
     }
-    if iban_len(&compact[..2]) != Some(compact.len()) {
-        return false;
+    // A known country's length, or, for a country without IBANs in the table, any
+    // length an IBAN may have: the mod-97 check below still has to pass.
+    match iban_len(&compact[..2]) {
+        Some(n) if n != compact.len() => return false,
+        None if compact.len() > 34 => return false,
+        _ => {}
     }
     let rearranged = format!("{}{}", &compact[4..], &compact[..4]);
     let mut rem: u32 = 0;
@@ -268,6 +330,17 @@ fn ssn(text: &str, m: &str, s: usize, e: usize) -> Option<(usize, usize, f32)> {
     if !(seps.is_empty() || seps == ['-', '-'] || seps == [' ', ' ']) {
         return None;
     }
+    // Not a piece of a phone number ("+351 86 7003 8954").
+    let before_m = text[..s].trim_end_matches([' ', '-', '.', '(', ')']);
+    if before_m.ends_with(|c: char| c == '+' || c.is_ascii_digit())
+        && text[..s].len() - before_m.len() <= 2
+    {
+        return None;
+    }
+    let after = &text[e..];
+    if after.starts_with([' ', '-', '.']) && after[1..].starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
     let area = ds[0] * 100 + ds[1] * 10 + ds[2];
     let group = ds[3] * 10 + ds[4];
     let serial = ds[5] * 1000 + ds[6] * 100 + ds[7] * 10 + ds[8];
@@ -288,7 +361,9 @@ fn ssn(text: &str, m: &str, s: usize, e: usize) -> Option<(usize, usize, f32)> {
 }
 
 fn phone(text: &str, m: &str, s: usize, e: usize) -> Option<(usize, usize, f32)> {
-    let ds = digits(m);
+    // The extension ("x579", "ext. 12") is not part of the number's length.
+    let number = m.find(['x', 'X', 'e', 'E']).map_or(m, |i| &m[..i]);
+    let ds = digits(number);
     if !(8..=15).contains(&ds.len()) {
         return None;
     }
@@ -451,6 +526,40 @@ fn secret_bare(_: &str, m: &str, s: usize, e: usize) -> Option<(usize, usize, f3
     (upper && lower && digit >= 3 && entropy(m) >= 4.2).then_some((s, e, 0.7))
 }
 
+/// Words that say a number is a phone number, and what may stand between them and it
+/// (`Tel.`, `"phone": "`, `reach me at`, `WhatsApp`, `m:` at the start of a line).
+const PHONE_CUE: &str = r#"(?:\b(?:phone|telephone|tel|mobile|mob|cell|cellphone|fax|whatsapp|direct line|desk phone|office|hotline|landline|call(?: me)?(?: at| on)?|reach (?:me|us|the office|him|her) (?:at|on)|my number is|number is|contact number|ph)|(?m:^[ \t]*[mtpf]))\.?[ \t]*(?:no\.?|number|#)?["']?[ \t]*[:=]?[ \t]*["']?[ \t]*"#;
+
+/// A number right after a phone cue, in any national format: 7 to 15 digits.
+fn phone_after_cue(text: &str, m: &str, s: usize, e: usize) -> Option<(usize, usize, f32)> {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| {
+        Regex::new(&format!(r"(?i){PHONE_CUE}")).unwrap_or_else(|e| panic!("built-in pattern: {e}"))
+    });
+    let cue_end = re.find(m).map_or(0, |c| c.end());
+    let value = &m[cue_end..];
+    let number = value
+        .find(['x', 'X', 'e', 'E'])
+        .map_or(value, |i| &value[..i]);
+    let n = digits(number).len();
+    if !(7..=15).contains(&n) {
+        return None;
+    }
+    // Dates and times are not phone numbers ("12/05/2024", "10:30").
+    if value.contains(':') || value.matches('/').count() >= 2 {
+        return None;
+    }
+    let next = text[e..].chars().next();
+    if next.is_some_and(|c| c.is_alphanumeric()) {
+        return None;
+    }
+    Some((s + cue_end, e, 0.9))
+}
+
+/// An optional extension after a phone number (`x579`, ` ext. 12`), else a word
+/// boundary.
+const PHONE_EXT: &str = r"(?:\s*(?:x|ext\.?|extension)\s*\d{1,6}\b|\b)";
+
 const MONTHS: &str = "jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?";
 
 fn patterns() -> &'static (Vec<Pattern>, RegexSet) {
@@ -462,7 +571,9 @@ fn patterns() -> &'static (Vec<Pattern>, RegexSet) {
             (Entity::Secret, r"\b(?:sk-(?:proj-|live-|test-)?[A-Za-z0-9_-]{20,}|sk_(?:live|test)_[0-9A-Za-z]{16,}|rk_live_[0-9A-Za-z]{16,}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,}|A(?:KIA|SIA)[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|glpat-[A-Za-z0-9_-]{20,}|hf_[A-Za-z0-9]{30,}|npm_[A-Za-z0-9]{36})".into(), secret_prefixed),
             (Entity::Secret, r"-----BEGIN [A-Z ]*PRIVATE KEY-----".into(), secret_prefixed),
             (Entity::Secret, r#"(?i)(?:[\w-]*(?:token|api[_-]?key|secret|password|passwd|pwd|access[_-]?key|private[_-]?key|credential)[\w-]*["']?\s*[:=]\s*["']?|bearer\s+)[A-Za-z0-9_\-./+=]{12,}"#.into(), secret_assigned),
-            (Entity::CreditCard, r"\b\d(?:[ -]?\d){11,18}\b".into(), card),
+            (Entity::CreditCard, r"\b\d(?:[ -]?\d){11,}".into(), card),
+            (Entity::CreditCard, CVV.into(), card_detail),
+            (Entity::CreditCard, EXPIRY.into(), card_detail),
             (Entity::IbanCode, r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b".into(), iban),
             (Entity::UsSsn, r"\b\d{3}([- ]?)\d{2}([- ]?)\d{4}\b".into(), ssn),
             (Entity::MacAddress, r"(?i)\b[0-9a-f]{2}(?::[0-9a-f]{2}){5}\b|\b[0-9a-f]{2}(?:-[0-9a-f]{2}){5}\b|\b[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}\b".into(), ok),
@@ -470,11 +581,12 @@ fn patterns() -> &'static (Vec<Pattern>, RegexSet) {
             (Entity::IpAddress, r"(?i)(?:\b[0-9a-f]{1,4})?(?::{1,2}[0-9a-f]{1,4}){2,7}(?:::)?|(?i)\b[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6}::|::(?:[0-9a-f]{1,4}:){0,6}[0-9a-f]{1,4}\b".into(), ipv6),
             (Entity::Crypto, r"\b(?:[13][a-km-zA-HJ-NP-Z1-9]{25,34}|bc1[ac-hj-np-z02-9]{25,87}|0x[a-fA-F0-9]{40})\b".into(), crypto),
             (Entity::DateTime, format!(r"(?i)\b(?:\d{{1,2}}[/.-]\d{{1,2}}[/.-](?:(?:19|20)\d{{2}}|\d{{2}})|(?:19|20)\d{{2}}[/.-]\d{{1,2}}[/.-]\d{{1,2}}|\d{{1,2}}[ -](?:{MONTHS})[ -](?:19|20)\d{{2}}|\d{{1,2}}(?:st|nd|rd|th)?(?: of)? (?:{MONTHS})\.?(?:,? (?:19|20)\d{{2}})?|(?:{MONTHS})\.? \d{{1,2}}(?:st|nd|rd|th)?(?:,? (?:19|20)\d{{2}})?)\b"), dob),
-            (Entity::PhoneNumber, r"\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){1,5}\d".into(), phone),
-            (Entity::PhoneNumber, r"(?:\b1[ .-])?(?:\(\d{3}\) ?|\b\d{3}[ .-])\d{3}[ .-]\d{4}\b".into(), phone),
+            (Entity::PhoneNumber, format!(r"(?:\+\(?\d{{1,3}}\)?|\b00[1-9]\d{{0,2}})(?:[ .-]?\(?\d{{1,5}}\)?){{1,6}}{PHONE_EXT}"), phone),
+            (Entity::PhoneNumber, format!(r"(?i){PHONE_CUE}(\(?\+?\d[\d ().\-/]{{4,22}}\d){PHONE_EXT}"), phone_after_cue),
+            (Entity::PhoneNumber, format!(r"(?:\b1[ .-])?(?:\(\d{{3}}\) ?|\b\d{{3}}[ .-])\d{{3}}[ .-]\d{{4}}{PHONE_EXT}"), phone),
             (Entity::PhoneNumber, r"\(\d{2,4}\)[ .-]?\d{3,5}[ .-]?\d{4}\b".into(), phone),
             (Entity::PhoneNumber, r"\b[6-9]\d{2} \d{3} \d{3}\b".into(), phone_grouped),
-            (Entity::PhoneNumber, r"\b0\d{1,5}(?:[ .-]\d{2,8}){1,4}\b|\b0\d{9,10}\b".into(), phone_national),
+            (Entity::PhoneNumber, format!(r"\b0\d{{1,5}}(?:[ .-]\d{{2,8}}){{1,4}}{PHONE_EXT}|\b0\d{{9,10}}{PHONE_EXT}"), phone_national),
             (Entity::Secret, r"\b[A-Za-z0-9_-]{32,}\b".into(), secret_bare),
         ];
         let set = RegexSet::new(specs.iter().map(|(_, p, _)| p.as_str()))

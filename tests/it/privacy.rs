@@ -333,11 +333,7 @@ fn seeded_personal_data_never_reaches_any_file_in_the_data_dir() {
 fn anonymizer_meets_its_precision_and_recall_on_the_synthetic_test_split() {
     // safety/pii/test.jsonl: generated with `generate_eval.py --seed 7` (the rules were
     // developed against the seed-2026 split, eval.jsonl).
-    let text = std::fs::read_to_string("safety/pii/test.jsonl").expect("test split");
-    let examples: Vec<tether::privacy::offline::Labelled> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("labelled line"))
-        .collect();
+    let examples = labelled("safety/pii/test.jsonl");
     let a = tether::privacy::Anonymizer::new("test");
     let scores = tether::privacy::offline::evaluate(&a, &examples);
     assert_eq!(scores.len(), 13, "every entity type is measured");
@@ -488,4 +484,79 @@ fn data_export_is_anonymized_deduplicated_and_safety_filtered() {
             Some(json!("assistant"))
         );
     }
+}
+
+#[test]
+fn cards_inside_longer_digit_runs_card_details_capitals_and_world_formats_are_redacted() {
+    let a = tether::privacy::Anonymizer::new("test");
+    // Each value must disappear from the scrubbed text.
+    let cases = [
+        ("Card 4111111111111111 0423 please", "4111111111111111"),
+        ("visa 45395787636214861234 today", "4539578763621486"),
+        ("cc 4539 5787 6362 1486 2341 on file", "4539 5787 6362 1486"),
+        ("card 4539578763621486 exp 04/27 cvv 123", "04/27"),
+        ("card 4539578763621486 exp 04/27 cvv 123", "cvv 123"),
+        (
+            "{\"pan\": \"4111111111111111\", \"exp\": \"09/32\", \"cvv\": \"145\"}",
+            "145",
+        ),
+        ("PASSENGER: WHITAKER, JONATHAN", "WHITAKER"),
+        ("PASSENGER: WHITAKER, JONATHAN", "JONATHAN"),
+        ("Boarding pass for MEGHA PRASAD - gate B41", "MEGHA"),
+        ("Jennifer will send it tomorrow.", "Jennifer"),
+        ("check with Egedía before Saturday", "Egedía"),
+        ("reach me at 765-024-1209x579 today", "1209"),
+        ("Fax: 04.44.34.41.79", "41.79"),
+        ("Phone: 07700 864492", "864492"),
+        ("Desk phone 00420 603 392 878 ext 5414", "392 878"),
+        (
+            "Ship to 881 Jeremy Radial Suite 790, Johnshire, TX 89461",
+            "Jeremy Radial",
+        ),
+        ("USNS Kleist / FPO AP 69779", "Kleist"),
+        ("Use the side entrance for Suite 254", "254"),
+        ("ul. Asnyka Adama 82, 00-123 Warszawa", "Asnyka"),
+        ("833 Lyberget, 5290 Vennesla", "Lyberget"),
+    ];
+    for (text, secret) in cases {
+        let out = a.scrub(text);
+        assert!(!out.contains(secret), "{text:?} -> {out:?}");
+    }
+    // ... and ordinary text stays as it was.
+    for text in [
+        "Chapter 12, 2020 Edition is out.",
+        "The Nvidia GTX 1070 Ti is faster.",
+        "Order #0938759 ships in 3 days.",
+        "30 Sep 15:15 INFO worker-6 started",
+    ] {
+        assert_eq!(a.scrub(text), text);
+    }
+}
+
+#[test]
+fn the_external_pii_test_split_is_measured_not_only_our_own() {
+    // safety/pii/external/test.jsonl: Faker and mimesis, 114 locales, 23 of them from
+    // languages the development never saw. Floors a little under the measured figures
+    // (docs/benchmarks.md), so a regression fails.
+    let examples = labelled("safety/pii/external/test.jsonl");
+    let a = tether::privacy::Anonymizer::new("test");
+    for s in tether::privacy::offline::evaluate(&a, &examples) {
+        let (p, r) = match s.entity.as_str() {
+            "PERSON" => (0.88, 0.88),
+            "LOCATION" => (0.94, 0.82),
+            "IBAN_CODE" => (0.99, 0.85),
+            "PHONE_NUMBER" | "CREDIT_CARD" => (0.98, 0.93),
+            _ => (0.99, 0.99),
+        };
+        assert!(s.precision >= p && s.recall >= r, "{s:?}");
+    }
+}
+
+/// A labelled PII set (`{"text", "spans"}` per line).
+fn labelled(path: &str) -> Vec<tether::privacy::offline::Labelled> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("labelled line"))
+        .collect()
 }
