@@ -786,12 +786,13 @@ impl StreamState {
         }
     }
 
-    /// Runs the safety check of `choice` and delivers or cuts. True if cut.
-    fn check(&mut self, choice: usize) -> bool {
+    /// Runs the safety check of `choice` and delivers or cuts. True if cut. The
+    /// `last` check delivers everything left.
+    fn check(&mut self, choice: usize, last: bool) -> bool {
         let Some(g) = self.guard.clone() else {
             return false;
         };
-        let (step, escalation) = self.checks[choice].check(&g);
+        let (step, escalation) = self.checks[choice].check(&g, last);
         if let Some(e) = escalation {
             let review_id = guard::enqueue(&self.st, &self.id, self.meta.user_hash.as_deref(), &e);
             if let Some(r) = self.checks[choice].report.as_mut() {
@@ -823,7 +824,7 @@ impl StreamState {
         let chunk_chars = g.stream().chunk_chars;
         self.checks[choice].push(&text, lp);
         if self.checks[choice].due(chunk_chars) {
-            self.check(choice);
+            self.check(choice, false);
         }
     }
 
@@ -841,7 +842,7 @@ impl StreamState {
         self.completion_tokens += tokens;
         self.tokens[choice] = tokens;
         self.checks[choice].push(&text, None);
-        if !self.check(choice) {
+        if !self.check(choice, true) {
             let report = self.checks[choice].report.clone();
             self.end_choice(choice, finish_str(reason), None, report);
         }

@@ -222,6 +222,8 @@ pub struct StreamCheck {
     /// Set once the choice was cut.
     pub cut: bool,
     escalated: bool,
+    /// Bytes of the first pending logprob's token already delivered.
+    lp_carry: usize,
     /// The last non-allow report, to attach to the final chunk.
     pub report: Option<SafetyReport>,
 }
@@ -244,15 +246,29 @@ impl StreamCheck {
     }
 
     /// Checks what is pending. Returns the step and an escalation to queue (once).
-    pub fn check(&mut self, g: &Guard) -> (Step, Option<Escalation>) {
+    /// Unless this is the `last` check, text that may be the start of personal data
+    /// continued by the next tokens (a partial word, a run of digits, capitalised
+    /// words, or a redaction reaching the end) stays pending for the next check, so
+    /// no prefix of an entity leaks across a chunk boundary.
+    pub fn check(&mut self, g: &Guard, last: bool) -> (Step, Option<Escalation>) {
         if self.pending.is_empty() {
             return (
                 Step::Emit(String::new(), std::mem::take(&mut self.pending_lp)),
                 None,
             );
         }
+        // What may be delivered now; the rest waits, unjudged, for the tokens that
+        // complete it (an address cut in half reads as neither safe nor unsafe).
+        let mut cut = if last {
+            self.pending.len()
+        } else {
+            hold_from(&self.pending)
+        };
+        if cut == 0 {
+            return (Step::Emit(String::new(), Vec::new()), None);
+        }
         let window_chars = g.stream().window_chars;
-        let pending_chars = self.pending.chars().count();
+        let pending_chars = self.pending[..cut].chars().count();
         let back = window_chars.saturating_sub(pending_chars);
         let start = self
             .delivered
@@ -267,7 +283,7 @@ impl StreamCheck {
         };
         let mut window = self.delivered[start..].to_string();
         let offset = window.len();
-        window.push_str(&self.pending);
+        window.push_str(&self.pending[..cut]);
         let v = g
             .safety
             .check_with(&g.cascade, &window, Direction::Output, false);
@@ -279,12 +295,17 @@ impl StreamCheck {
                 direction: Direction::Output,
                 scores: scores_json(&d.categories, &v.assessment.scores),
                 categories: d.categories.clone(),
-                text: format!("{}{}", self.delivered, self.pending),
+                text: format!("{}{}", self.delivered, &self.pending[..cut]),
                 held: d.withhold,
             });
         }
         if let Some(r) = report(Direction::Output, &d) {
             self.report = Some(r);
+        }
+        if d.withhold && d.nothing_to_redact && !last {
+            // A rewrite with nothing to redact yet ("the address is: ..."): judge it
+            // again with the text that follows, which may hold the span.
+            return (Step::Emit(String::new(), Vec::new()), escalation);
         }
         if d.withhold {
             self.cut = true;
@@ -301,6 +322,17 @@ impl StreamCheck {
             .filter(|(r, _)| r.end > offset)
             .map(|(r, p)| (r.start.max(offset) - offset..r.end - offset, *p))
             .collect();
+        // A redaction that reaches the end of what was checked may grow with the
+        // next tokens: hold it whole, unredacted, for the next check.
+        while let Some(r) = spans
+            .iter()
+            .map(|(r, _)| r)
+            .find(|r| r.start < cut && r.end >= cut && !last)
+        {
+            cut = r.start;
+        }
+        let held = self.pending.split_off(cut);
+        let spans: Vec<_> = spans.into_iter().filter(|(r, _)| r.end <= cut).collect();
         let text = if spans.is_empty() {
             std::mem::take(&mut self.pending)
         } else {
@@ -308,10 +340,146 @@ impl StreamCheck {
             self.pending.clear();
             t
         };
+        self.pending = held;
+        // Logprobs go out once their token's text has: as many as the delivered
+        // bytes cover (the rest wait with the held text).
+        let lps: Vec<_> = if last {
+            self.lp_carry = 0;
+            std::mem::take(&mut self.pending_lp)
+        } else {
+            let mut budget = self.lp_carry + cut;
+            let mut n = 0;
+            for lp in &self.pending_lp {
+                if lp.token.len() > budget {
+                    break;
+                }
+                budget -= lp.token.len();
+                n += 1;
+            }
+            self.lp_carry = budget;
+            self.pending_lp.drain(..n).collect()
+        };
         self.delivered.push_str(&text);
-        (
-            Step::Emit(text, std::mem::take(&mut self.pending_lp)),
-            escalation,
-        )
+        (Step::Emit(text, lps), escalation)
+    }
+}
+
+/// Where to stop delivering `pending` before the next check: the start of a trailing
+/// word not yet ended by a space, extended back over trailing digit groups ("call
+/// +44 20 79") and capitalised words ("Dear Jon Whit"), which the next tokens may
+/// turn into personal data. Byte offset on a character boundary.
+pub fn hold_from(pending: &str) -> usize {
+    // The last word if nothing ends it yet.
+    let mut cut = pending
+        .char_indices()
+        .rev()
+        .find(|(_, c)| c.is_whitespace())
+        .map_or(0, |(i, c)| i + c.len_utf8());
+    let mut held_words = usize::from(cut < pending.len());
+    let mut digits_run = false;
+    loop {
+        let head = pending[..cut].trim_end();
+        let start = head
+            .char_indices()
+            .rev()
+            .find(|(_, c)| c.is_whitespace())
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        let word = &head[start..];
+        if word.is_empty() {
+            break;
+        }
+        let numberish = word.chars().any(|c| c.is_ascii_digit())
+            && word
+                .chars()
+                .all(|c| c.is_ascii_digit() || "+-().x/:#".contains(c));
+        let capital = word.chars().next().is_some_and(char::is_uppercase);
+        let (extend, limit) = if numberish {
+            (true, 8)
+        } else if capital && !digits_run {
+            (true, 4)
+        } else {
+            (false, 0)
+        };
+        if !extend || held_words >= limit {
+            break;
+        }
+        digits_run |= numberish;
+        held_words += 1;
+        cut = start;
+    }
+    // A word with no end in sight (a long code line) is not held forever.
+    let mut floor = pending.len().saturating_sub(HOLD_LIMIT);
+    while !pending.is_char_boundary(floor) {
+        floor += 1;
+    }
+    cut.max(floor)
+}
+
+/// Most bytes a check holds back (an e-mail address or phone number is shorter).
+const HOLD_LIMIT: usize = 96;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard() -> Guard {
+        let mut config = crate::config::Config::load(None).expect("defaults").safety;
+        config.dir = "safety".into();
+        let safety =
+            Arc::new(Safety::open(&config, std::path::Path::new("."), None).expect("safety"));
+        Guard {
+            cascade: safety.current(),
+            safety,
+        }
+    }
+
+    /// Streams `tokens` through a check every `every` tokens; returns what reached
+    /// the client.
+    fn stream(g: &Guard, tokens: &[&str], every: usize) -> String {
+        let mut c = StreamCheck::default();
+        let mut out = String::new();
+        for (i, t) in tokens.iter().enumerate() {
+            c.push(t, None);
+            if (i + 1) % every == 0 {
+                if let (Step::Emit(text, _), _) = c.check(g, false) {
+                    out.push_str(&text);
+                }
+            }
+        }
+        if let (Step::Emit(text, _), _) = c.check(g, true) {
+            out.push_str(&text);
+        }
+        out
+    }
+
+    #[test]
+    fn holds_back_what_the_next_tokens_may_extend() {
+        assert_eq!(hold_from("Write to jon.whit"), "Write to ".len());
+        assert_eq!(hold_from("ok. "), "ok. ".len());
+        assert_eq!(hold_from("call +44 20 79"), "call ".len());
+        assert_eq!(hold_from("thanks, Jon "), "thanks, ".len());
+        assert_eq!(hold_from("the end"), "the ".len());
+        let long = "x".repeat(500);
+        assert_eq!(hold_from(&long), 500 - HOLD_LIMIT);
+    }
+
+    #[test]
+    fn an_email_split_across_checks_never_reaches_the_client() {
+        let g = guard();
+        let tokens = [
+            "You", " can", " write", " to", " jon", ".", "whit", "ney", "@", "example", ".", "com",
+            " or", " call", " +", "44", " 20", " 79", "46", " 0958", " today", ".",
+        ];
+        for every in 1..=4 {
+            let out = stream(&g, &tokens, every);
+            for secret in ["jon", "whit", "example.com", "0958", "79"] {
+                assert!(!out.contains(secret), "every {every}: {out:?}");
+            }
+            assert!(
+                out.starts_with("You can write to "),
+                "every {every}: {out:?}"
+            );
+            assert!(out.ends_with(" today."), "every {every}: {out:?}");
+        }
     }
 }

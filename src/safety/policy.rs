@@ -120,6 +120,9 @@ pub struct Decision {
     pub escalate: bool,
     /// Whether the model's text must not be delivered.
     pub withhold: bool,
+    /// Withheld only because a rewrite found nothing to redact: a stream check may
+    /// wait for more text (the span may be still to come) instead of cutting.
+    pub nothing_to_redact: bool,
 }
 
 impl Decision {
@@ -132,6 +135,7 @@ impl Decision {
             redact: Vec::new(),
             escalate: false,
             withhold: false,
+            nothing_to_redact: false,
         }
     }
 }
@@ -201,6 +205,7 @@ impl Policy {
         let mut replace_with: Option<String> = None;
         let mut block = false;
         let mut hold = false;
+        let mut unredactable = false;
         for c in Category::ALL {
             let Some(rule) = self.rule(c, d) else {
                 continue;
@@ -230,7 +235,7 @@ impl Policy {
                             .collect();
                         if spans.is_empty() {
                             // Nothing to redact: the classifier fired on the whole text.
-                            replace_with.get_or_insert_with(|| self.refusal.clone());
+                            unredactable = true;
                         }
                         out.redact.extend(spans);
                     }
@@ -244,6 +249,10 @@ impl Policy {
         } else if let Some(r) = replace_with {
             out.replacement = Some(r);
             out.withhold = true;
+        } else if unredactable {
+            out.replacement = Some(self.refusal.clone());
+            out.withhold = true;
+            out.nothing_to_redact = !hold;
         } else if hold {
             out.replacement = Some(self.held.clone());
             out.withhold = true;
