@@ -48,7 +48,14 @@ fn measure(safety: &Safety, text: &str, d: Direction, iters: usize) -> Vec<Durat
 }
 
 fn main() {
-    let safety = Safety::open(Path::new("safety"), 0, None).expect("safety folder loads");
+    let config = tether::config::SafetyConfig {
+        dir: "safety".into(),
+        cache_entries: 0,
+        ..tether::config::Config::load(None)
+            .expect("default config")
+            .safety
+    };
+    let safety = Safety::open(&config, Path::new("."), None).expect("safety folder loads");
     assert!(
         safety.current().has_classifier(),
         "safety/classifier.safetensors is missing"

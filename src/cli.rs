@@ -110,6 +110,9 @@ pub enum SafetyCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Judge the texts as answers (the output direction) instead of prompts.
+        #[arg(long)]
+        output: bool,
     },
 }
 
@@ -464,12 +467,21 @@ fn privacy(config: &Config, cmd: PrivacyCommand) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let scores = offline::evaluate(&anonymizer, &examples);
-            println!("| entity | gold | predicted | precision | recall | exact-span recall |");
+            println!("| entity | gold | predicted | precision [95% CI] | recall [95% CI] | exact-span recall |");
             println!("|---|---|---|---|---|---|");
             for s in scores {
                 println!(
-                    "| {} | {} | {} | {:.3} | {:.3} | {:.3} |",
-                    s.entity, s.gold, s.predicted, s.precision, s.recall, s.exact_recall
+                    "| {} | {} | {} | {:.3} [{:.3}, {:.3}] | {:.3} [{:.3}, {:.3}] | {:.3} |",
+                    s.entity,
+                    s.gold,
+                    s.predicted,
+                    s.precision,
+                    s.precision_ci.0,
+                    s.precision_ci.1,
+                    s.recall,
+                    s.recall_ci.0,
+                    s.recall_ci.1,
+                    s.exact_recall
                 );
             }
         }
@@ -490,13 +502,10 @@ fn privacy(config: &Config, cmd: PrivacyCommand) -> anyhow::Result<()> {
 fn export(config: &Config, out: Option<PathBuf>) -> anyhow::Result<()> {
     let dir = crate::server::data_dir(config);
     let store = crate::storage::Store::open(&dir)?;
-    let dir_s = PathBuf::from(&config.safety.dir);
-    let cascade = if !config.safety.enabled {
-        None
-    } else if dir_s.exists() {
-        Some(crate::safety::Cascade::load(&dir_s, 0)?)
+    let cascade = if config.safety.enabled {
+        Some(crate::safety::Cascade::open(&config.safety, &dir, 0)?.0)
     } else {
-        Some(crate::safety::Cascade::builtin()?)
+        None
     };
     let report = match &out {
         Some(p) => {
@@ -517,14 +526,12 @@ fn export(config: &Config, out: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn safety(config: &Config, cmd: SafetyCommand) -> anyhow::Result<()> {
     use crate::safety::{offline, Cascade, Direction};
-    let dir = PathBuf::from(&config.safety.dir);
-    let cascade = || -> anyhow::Result<Cascade> {
-        if dir.exists() {
-            Ok(Cascade::load(&dir, 0)?)
-        } else {
-            Ok(Cascade::builtin()?)
-        }
-    };
+    let data_dir = crate::server::data_dir(config);
+    // Training data and the trained file live in the folder in use, else ./safety.
+    let dir = crate::safety::resolve_dir(&config.safety, &data_dir)?
+        .unwrap_or_else(|| PathBuf::from("safety"));
+    let cascade =
+        || -> anyhow::Result<Cascade> { Ok(Cascade::open(&config.safety, &data_dir, 0)?.0) };
     match cmd {
         SafetyCommand::Train { data, out, epochs } => {
             let data = data.unwrap_or_else(|| dir.join("data").join("train"));
@@ -555,11 +562,16 @@ fn safety(config: &Config, cmd: SafetyCommand) -> anyhow::Result<()> {
             offline::classify(&c, d, stdin, stdout).context("classifying stdin")?;
             Ok(())
         }
-        SafetyCommand::Eval { file, json } => {
+        SafetyCommand::Eval { file, json, output } => {
             let c = cascade()?;
             let file = file.unwrap_or_else(|| dir.join("data").join("heldout.jsonl"));
             let examples = crate::safety::classifier::read_examples(&file)?;
-            let report = offline::evaluate(&c, &examples);
+            let d = if output {
+                Direction::Output
+            } else {
+                Direction::Input
+            };
+            let report = offline::evaluate(&c, &examples, d);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

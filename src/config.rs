@@ -117,8 +117,12 @@ pub struct SafetyConfig {
     /// Check prompts and answers at all.
     pub enabled: bool,
     /// The folder with `policy.toml`, `rules.toml` and `classifier.safetensors`
-    /// (relative paths are from the working directory).
+    /// (relative paths are from the working directory). Empty: `<data dir>/safety`,
+    /// else `./safety`, else the built-ins (`safety::resolve_dir`).
     pub dir: String,
+    /// Require the trained classifier: a folder without a loadable one stops the
+    /// server from starting. `false` runs the policy and rules alone.
+    pub classifier: bool,
     /// Poll the folder for changes this often (0: only SIGHUP and the reload endpoint).
     pub watch_secs: u64,
     /// Verdicts kept for repeated texts.

@@ -198,8 +198,8 @@ pub async fn serve(
     }
     let safety = if config.safety.enabled {
         let s = Arc::new(Safety::open(
-            std::path::Path::new(&config.safety.dir),
-            config.safety.cache_entries,
+            &config.safety,
+            &data_dir,
             Some(metrics.clone()),
         )?);
         let audit = Arc::downgrade(&store);

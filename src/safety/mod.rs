@@ -35,6 +35,9 @@ use crate::monitoring::Metrics;
 pub const BUILTIN_POLICY: &str = include_str!("../../safety/policy.toml");
 /// The rules compiled into the binary, used when the safety folder is missing.
 pub const BUILTIN_RULES: &str = include_str!("../../safety/rules.toml");
+/// The trained classifier compiled into the binary, so a server started anywhere
+/// judges with the same weights as one started in the checkout.
+pub const BUILTIN_CLASSIFIER: &[u8] = include_bytes!("../../safety/classifier.safetensors");
 
 /// File names inside the safety folder.
 pub const POLICY_FILE: &str = "policy.toml";
@@ -53,6 +56,12 @@ pub enum Error {
         path: PathBuf,
         /// Cause.
         source: std::io::Error,
+    },
+    /// The configured folder does not exist.
+    #[error("safety folder {path} not found (safety.dir / TETHER_SAFETY_DIR): point it at a folder with policy.toml, rules.toml and classifier.safetensors, or leave it empty to use the built-in policy")]
+    Missing {
+        /// The folder.
+        path: PathBuf,
     },
     /// A file is invalid.
     #[error("invalid {path}: {message}")]
@@ -99,8 +108,15 @@ impl Cascade {
         })
     }
 
-    /// Loads and validates the folder.
+    /// Loads and validates the folder; the classifier must be there (see
+    /// [`Cascade::load_with`] to run rules only).
     pub fn load(dir: &Path, generation: u64) -> Result<Self, Error> {
+        Self::load_with(dir, generation, true)
+    }
+
+    /// Loads and validates the folder. Without `classifier.safetensors` this is an
+    /// error when `require_classifier` is set, else only the rules run.
+    pub fn load_with(dir: &Path, generation: u64, require_classifier: bool) -> Result<Self, Error> {
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read_to_string(&path).map_err(|source| Error::Read { path, source })
@@ -113,9 +129,16 @@ impl Cascade {
                 path: cpath.clone(),
                 message: e.to_string(),
             })?)
+        } else if require_classifier {
+            return Err(Error::Invalid {
+                path: cpath,
+                message: "missing: build it with `tether safety train`, or set \
+                          safety.classifier = false to run the rules alone"
+                    .into(),
+            });
         } else {
             tracing::warn!(
-                "{} is missing: only rules will run (build it with `tether safety train`)",
+                "{} is missing and safety.classifier = false: only rules will run",
                 cpath.display()
             );
             None
@@ -128,14 +151,35 @@ impl Cascade {
         })
     }
 
-    /// The built-in policy and rules, without a classifier.
+    /// The built-in policy, rules and classifier (compiled into the binary).
     pub fn builtin() -> Result<Self, Error> {
-        Self::from_parts(BUILTIN_POLICY, BUILTIN_RULES, None, 0).map_err(|(file, message)| {
-            Error::Invalid {
+        let classifier =
+            Classifier::from_bytes(BUILTIN_CLASSIFIER).map_err(|message| Error::Invalid {
+                path: PathBuf::from(format!("<built-in {CLASSIFIER_FILE}>")),
+                message,
+            })?;
+        Self::from_parts(BUILTIN_POLICY, BUILTIN_RULES, Some(classifier), 0).map_err(
+            |(file, message)| Error::Invalid {
                 path: PathBuf::from(format!("<built-in {file}>")),
                 message,
-            }
-        })
+            },
+        )
+    }
+
+    /// The cascade `config` names, and the folder it came from (none: built-in).
+    /// See [`resolve_dir`].
+    pub fn open(
+        config: &crate::config::SafetyConfig,
+        data_dir: &Path,
+        generation: u64,
+    ) -> Result<(Self, Option<PathBuf>), Error> {
+        match resolve_dir(config, data_dir)? {
+            Some(dir) => Ok((
+                Self::load_with(&dir, generation, config.classifier)?,
+                Some(dir),
+            )),
+            None => Ok((Self::builtin()?, None)),
+        }
     }
 
     /// Whether a trained classifier is loaded.
@@ -166,12 +210,42 @@ pub struct Verdict {
     pub decision: Decision,
 }
 
+/// The folder the safety layer loads from, `None` for the built-ins:
+/// - `safety.dir` set: that folder (relative to the working directory); an error
+///   when it does not exist, so a typo never silently weakens the policy;
+/// - empty (the default): `<data dir>/safety` when it exists, else `./safety` when it
+///   holds a `policy.toml` (running from a checkout, where edits hot-reload), else
+///   the built-ins compiled into the binary.
+pub fn resolve_dir(
+    config: &crate::config::SafetyConfig,
+    data_dir: &Path,
+) -> Result<Option<PathBuf>, Error> {
+    if !config.dir.is_empty() {
+        let dir = PathBuf::from(&config.dir);
+        return if dir.is_dir() {
+            Ok(Some(dir))
+        } else {
+            Err(Error::Missing { path: dir })
+        };
+    }
+    let in_data = data_dir.join("safety");
+    if in_data.is_dir() {
+        return Ok(Some(in_data));
+    }
+    let here = PathBuf::from("safety");
+    if here.join(POLICY_FILE).is_file() {
+        return Ok(Some(here));
+    }
+    Ok(None)
+}
+
 /// Fingerprint of the folder's files, to notice edits.
 type Stamp = Vec<Option<(SystemTime, u64)>>;
 
 /// The shared, hot-reloadable safety layer.
 pub struct Safety {
     dir: Option<PathBuf>,
+    require_classifier: bool,
     current: RwLock<Arc<Cascade>>,
     stamp: Mutex<Stamp>,
     cache: moka::sync::Cache<String, Arc<Assessment>>,
@@ -203,29 +277,29 @@ fn generation_now() -> u64 {
 const CACHE_TEXT_LIMIT: usize = 16 * 1024;
 
 impl Safety {
-    /// Loads `dir`; when it does not exist, the built-in policy and rules are used.
+    /// Opens the safety layer `config` names (see [`resolve_dir`]): a folder, which
+    /// is then watched and reloaded, or the built-in policy, rules and classifier.
+    /// Refuses (an error) rather than running without a classifier the operator did
+    /// not turn off.
     pub fn open(
-        dir: &Path,
-        cache_entries: u64,
+        config: &crate::config::SafetyConfig,
+        data_dir: &Path,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self, Error> {
-        let (cascade, dir) = if dir.exists() {
-            (
-                Cascade::load(dir, generation_now())?,
-                Some(dir.to_path_buf()),
-            )
-        } else {
-            tracing::warn!(
-                "safety folder {} not found: using the built-in policy and rules, no classifier",
-                dir.display()
-            );
-            (Cascade::builtin()?, None)
-        };
+        let (cascade, dir) = Cascade::open(config, data_dir, generation_now())?;
+        match &dir {
+            Some(d) => tracing::info!(
+                "safety: policy, rules and classifier from {} (reloaded on change)",
+                d.display()
+            ),
+            None => tracing::info!("safety: the built-in policy, rules and classifier"),
+        }
         Ok(Self {
+            require_classifier: config.classifier,
             stamp: Mutex::new(dir.as_deref().map(stamp).unwrap_or_default()),
             dir,
             current: RwLock::new(Arc::new(cascade)),
-            cache: moka::sync::Cache::new(cache_entries),
+            cache: moka::sync::Cache::new(config.cache_entries),
             metrics,
             on_reload: std::sync::OnceLock::new(),
         })
@@ -265,7 +339,7 @@ impl Safety {
             return Ok(self.current().generation);
         };
         let new_stamp = stamp(dir);
-        let result = Cascade::load(dir, generation_now());
+        let result = Cascade::load_with(dir, generation_now(), self.require_classifier);
         *self.stamp.lock().unwrap_or_else(|e| e.into_inner()) = new_stamp;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         if let Some(m) = &self.metrics {

@@ -134,11 +134,45 @@ pub struct Report {
     pub macro_roc_auc: f64,
     /// Fraction of benign (unlabelled) examples flagged in any category.
     pub benign_false_positive_rate: Option<f64>,
+    /// Unsafe (any label) against safe, whatever the category.
+    pub binary: Binary,
 }
 
-/// Scores `examples` with `cascade` (input direction) and measures it.
-pub fn evaluate(cascade: &Cascade, examples: &[Example]) -> Report {
-    let d = Direction::Input;
+/// Unsafe against safe, with 95% intervals: what a user sees is whether a text is
+/// stopped, not which category stopped it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Binary {
+    /// Examples with a label.
+    pub unsafe_examples: usize,
+    /// Examples without one.
+    pub safe_examples: usize,
+    /// Unsafe examples flagged in some category.
+    pub recall: f64,
+    /// Its Wilson interval.
+    pub recall_ci: (f64, f64),
+    /// Safe examples flagged in some category.
+    pub safe_flagged: f64,
+    /// Its Wilson interval.
+    pub safe_flagged_ci: (f64, f64),
+    /// ROC-AUC of the highest category score (None without both classes).
+    pub roc_auc: Option<f64>,
+    /// Its interval (Hanley and McNeil's standard error, ±1.96 SE).
+    pub roc_auc_ci: Option<(f64, f64)>,
+}
+
+/// Hanley–McNeil 95% interval of an ROC-AUC from `npos` positives, `nneg` negatives.
+fn auc_interval(auc: f64, npos: usize, nneg: usize) -> (f64, f64) {
+    let (a, m, n) = (auc, npos as f64, nneg as f64);
+    let q1 = a / (2.0 - a);
+    let q2 = 2.0 * a * a / (1.0 + a);
+    let var = (a * (1.0 - a) + (m - 1.0) * (q1 - a * a) + (n - 1.0) * (q2 - a * a)) / (m * n);
+    let se = var.max(0.0).sqrt();
+    ((a - 1.96 * se).max(0.0), (a + 1.96 * se).min(1.0))
+}
+
+/// Scores `examples` with `cascade` as prompts (`Direction::Input`) or answers
+/// (`Direction::Output`) and measures it.
+pub fn evaluate(cascade: &Cascade, examples: &[Example], d: Direction) -> Report {
     let scores: Vec<[f32; N_CATEGORIES]> = examples
         .iter()
         .map(|e| cascade.assess(&e.text, d).scores)
@@ -195,7 +229,35 @@ pub fn evaluate(cascade: &Cascade, examples: &[Example]) -> Report {
             .count();
         flagged as f64 / benign.len() as f64
     });
+    let any_flagged = |i: usize| {
+        Category::ALL
+            .iter()
+            .any(|&c| scores[i][c.index()] >= flag_threshold(cascade, c, d))
+    };
+    let unsafe_ix: Vec<usize> = (0..examples.len())
+        .filter(|&i| !examples[i].labels.is_empty())
+        .collect();
+    let caught = unsafe_ix.iter().filter(|&&i| any_flagged(i)).count();
+    let false_alarms = benign.iter().filter(|&&i| any_flagged(i)).count();
+    let top: Vec<f32> = scores
+        .iter()
+        .map(|s| s.iter().copied().fold(0.0, f32::max))
+        .collect();
+    let is_unsafe: Vec<bool> = examples.iter().map(|e| !e.labels.is_empty()).collect();
+    let bin_auc = roc_auc(&top, &is_unsafe);
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let binary = Binary {
+        unsafe_examples: unsafe_ix.len(),
+        safe_examples: benign.len(),
+        recall: ratio(caught, unsafe_ix.len()),
+        recall_ci: crate::privacy::offline::wilson(caught, unsafe_ix.len()),
+        safe_flagged: ratio(false_alarms, benign.len()),
+        safe_flagged_ci: crate::privacy::offline::wilson(false_alarms, benign.len()),
+        roc_auc: bin_auc,
+        roc_auc_ci: bin_auc.map(|a| auc_interval(a, unsafe_ix.len(), benign.len())),
+    };
     Report {
+        binary,
         examples: examples.len(),
         categories: cats,
         macro_roc_auc: if aucs.is_empty() {
@@ -230,6 +292,23 @@ impl std::fmt::Display for Report {
         if let Some(r) = self.benign_false_positive_rate {
             writeln!(f, "benign flagged (false-positive rate): {:.1}%", r * 100.0)?;
         }
+        let b = &self.binary;
+        writeln!(
+            f,
+            "unsafe against safe: {} unsafe flagged {:.1}% [{:.1}, {:.1}]; {} safe flagged {:.1}% [{:.1}, {:.1}]; ROC-AUC {}",
+            b.unsafe_examples,
+            b.recall * 100.0,
+            b.recall_ci.0 * 100.0,
+            b.recall_ci.1 * 100.0,
+            b.safe_examples,
+            b.safe_flagged * 100.0,
+            b.safe_flagged_ci.0 * 100.0,
+            b.safe_flagged_ci.1 * 100.0,
+            match (b.roc_auc, b.roc_auc_ci) {
+                (Some(a), Some((lo, hi))) => format!("{a:.3} [{lo:.3}, {hi:.3}]"),
+                _ => "-".into(),
+            }
+        )?;
         Ok(())
     }
 }

@@ -24,8 +24,22 @@ pub fn spawn(
     envs: &[(&str, &str)],
     log: Option<PathBuf>,
 ) -> Served {
+    spawn_in(None, config, data, envs, log)
+}
+
+/// [`spawn`], with the process's working directory set to `cwd` when given.
+pub fn spawn_in(
+    cwd: Option<&Path>,
+    config: Option<&str>,
+    data: &Path,
+    envs: &[(&str, &str)],
+    log: Option<PathBuf>,
+) -> Served {
     std::fs::create_dir_all(data).expect("data dir");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
     if let Some(toml) = config {
         let path = data.with_extension("toml");
         std::fs::write(&path, toml).expect("config");
