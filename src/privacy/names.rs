@@ -454,8 +454,41 @@ fn address_line() -> &'static Regex {
     })
 }
 
+/// A CSV row that starts with two name cells: `Milada,Černý,"Nad Zátiším 5, …"`.
+fn csv_name_cells() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(
+            r"(?m)(?:^|: )(\p{Lu}[\p{L}'’-]+),(\p{Lu}[\p{L}'’-]+(?: \p{Lu}?[\p{L}'’-]+){0,2}),",
+        )
+        .unwrap_or_else(|e| panic!("built-in CSV name pattern: {e}"))
+    })
+}
+
 /// PERSON and LOCATION spans in `text`.
 pub fn find(g: &Gazetteers, text: &str, out: &mut Vec<Span>) {
+    for c in csv_name_cells().captures_iter(text) {
+        let (Some(first), Some(last)) = (c.get(1), c.get(2)) else {
+            continue;
+        };
+        let given = key(first.as_str());
+        let family = key(last.as_str().rsplit(' ').next().unwrap_or(""));
+        // One of the two must be a known name, and neither an ordinary word (a
+        // header such as "Name,Email,").
+        if (g.first.contains(&given) || g.last.contains(&family))
+            && !g.common.contains(&given)
+            && !g.common.contains(&family)
+        {
+            for m in [first, last] {
+                out.push(Span {
+                    entity: Entity::Person,
+                    start: m.start(),
+                    end: m.end(),
+                    score: 0.8,
+                });
+            }
+        }
+    }
     for m in address_line().find_iter(text) {
         // "Chapter 12, 2020 Edition": the shape without the words of an address.
         let first = key(m.as_str().split_whitespace().next().unwrap_or(""));
@@ -644,7 +677,7 @@ pub fn find(g: &Gazetteers, text: &str, out: &mut Vec<Span>) {
         // name, or any name after a cue ("my name is ...", "cc: li wei").
         let known_first = g.first.contains(lower);
         let known = known_first || g.last.contains(lower);
-        if !w.cap && !known {
+        if !w.cap && !known && !w.acronym {
             i += 1;
             continue;
         }
