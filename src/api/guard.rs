@@ -224,6 +224,8 @@ pub struct StreamCheck {
     escalated: bool,
     /// Bytes of the first pending logprob's token already delivered.
     lp_carry: usize,
+    /// Bytes of `pending` that the last check held back (already judged once).
+    held_bytes: usize,
     /// The last non-allow report, to attach to the final chunk.
     pub report: Option<SafetyReport>,
 }
@@ -239,10 +241,13 @@ impl StreamCheck {
     /// it exists, so the safety layer does not delay the time to first token; after
     /// that, every `chunk_chars`.
     pub fn due(&self, chunk_chars: usize) -> bool {
+        let fresh = self.pending.get(self.held_bytes..).unwrap_or(&self.pending);
         if self.delivered.is_empty() {
-            return !self.pending.trim().is_empty();
+            // Until something is out, check whenever a word ends.
+            return !self.pending.trim().is_empty()
+                && (self.held_bytes == 0 || fresh.contains(char::is_whitespace));
         }
-        self.pending.chars().count() >= chunk_chars
+        fresh.chars().count() >= chunk_chars
     }
 
     /// Checks what is pending. Returns the step and an escalation to queue (once).
@@ -265,6 +270,7 @@ impl StreamCheck {
             hold_from(&self.pending)
         };
         if cut == 0 {
+            self.held_bytes = self.pending.len();
             return (Step::Emit(String::new(), Vec::new()), None);
         }
         let window_chars = g.stream().window_chars;
@@ -302,9 +308,11 @@ impl StreamCheck {
         if let Some(r) = report(Direction::Output, &d) {
             self.report = Some(r);
         }
-        if d.withhold && d.nothing_to_redact && !last {
+        if d.withhold && d.nothing_to_redact && !last && self.pending.len() < 2 * HOLD_LIMIT {
             // A rewrite with nothing to redact yet ("the address is: ..."): judge it
-            // again with the text that follows, which may hold the span.
+            // again with the text that follows, which may hold the span; a while,
+            // not forever.
+            self.held_bytes = self.pending.len();
             return (Step::Emit(String::new(), Vec::new()), escalation);
         }
         if d.withhold {
@@ -341,13 +349,16 @@ impl StreamCheck {
             t
         };
         self.pending = held;
+        self.held_bytes = self.pending.len();
         // Logprobs go out once their token's text has: as many as the delivered
-        // bytes cover (the rest wait with the held text).
-        let lps: Vec<_> = if last {
+        // bytes cover (the rest wait with the held text). A token inside a redacted
+        // span shows the placeholder, not itself or its alternatives.
+        let carry = self.lp_carry;
+        let n = if last {
             self.lp_carry = 0;
-            std::mem::take(&mut self.pending_lp)
+            self.pending_lp.len()
         } else {
-            let mut budget = self.lp_carry + cut;
+            let mut budget = carry + cut;
             let mut n = 0;
             for lp in &self.pending_lp {
                 if lp.token.len() > budget {
@@ -357,8 +368,29 @@ impl StreamCheck {
                 n += 1;
             }
             self.lp_carry = budget;
-            self.pending_lp.drain(..n).collect()
+            n
         };
+        let mut at = 0usize;
+        let lps: Vec<_> = self
+            .pending_lp
+            .drain(..n)
+            .map(|mut lp| {
+                // The token's bytes in `pending`, which began `carry` bytes earlier.
+                let (start, end) = (
+                    at.saturating_sub(carry),
+                    (at + lp.token.len()).saturating_sub(carry),
+                );
+                at += lp.token.len();
+                if let Some((_, placeholder)) =
+                    spans.iter().find(|(r, _)| r.start < end && start < r.end)
+                {
+                    lp.token = (*placeholder).to_string();
+                    lp.bytes = placeholder.as_bytes().to_vec();
+                    lp.top_logprobs.clear();
+                }
+                lp
+            })
+            .collect();
         self.delivered.push_str(&text);
         (Step::Emit(text, lps), escalation)
     }
@@ -388,14 +420,16 @@ pub fn hold_from(pending: &str) -> usize {
         if word.is_empty() {
             break;
         }
+        // Digit groups, with letters too ("GB82", "SW1A", "x579").
         let numberish = word.chars().any(|c| c.is_ascii_digit())
             && word
                 .chars()
-                .all(|c| c.is_ascii_digit() || "+-().x/:#".contains(c));
+                .all(|c| c.is_alphanumeric() || "+-().x/:#".contains(c));
         let capital = word.chars().next().is_some_and(char::is_uppercase);
+        let all_caps = word.chars().all(|c| !c.is_lowercase());
         let (extend, limit) = if numberish {
             (true, 8)
-        } else if capital && !digits_run {
+        } else if capital && (!digits_run || all_caps) {
             (true, 4)
         } else {
             (false, 0)
@@ -459,6 +493,7 @@ mod tests {
         assert_eq!(hold_from("call +44 20 79"), "call ".len());
         assert_eq!(hold_from("thanks, Jon "), "thanks, ".len());
         assert_eq!(hold_from("the end"), "the ".len());
+        assert_eq!(hold_from("IBAN GB82 WEST 1234 5698"), "IBAN ".len());
         let long = "x".repeat(500);
         assert_eq!(hold_from(&long), 500 - HOLD_LIMIT);
     }

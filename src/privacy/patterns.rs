@@ -87,6 +87,14 @@ const CARD_CUES: &[&str] = &[
     "pan",
 ];
 
+/// Whether `word` occurs in `text` as a whole word ("cc", not "account").
+fn has_word(text: &str, word: &str) -> bool {
+    text.match_indices(word).any(|(i, _)| {
+        !text[..i].ends_with(|c: char| c.is_alphanumeric())
+            && !text[i + word.len()..].starts_with(|c: char| c.is_alphanumeric())
+    })
+}
+
 /// A run of 12 or more digits (spaces and dashes allowed between them) may hold a
 /// card followed by more digits ("4111 1111 1111 1111 0423", a card glued to its
 /// expiry): each prefix of 12 to 19 digits is tried, longest first. A prefix that
@@ -97,7 +105,7 @@ fn card(text: &str, m: &str, s: usize, e: usize) -> Option<(usize, usize, f32)> 
     }
     let cued = {
         let ctx = before(text, s, 32);
-        CARD_CUES.iter().any(|w| ctx.contains(w))
+        CARD_CUES.iter().any(|w| has_word(&ctx, w))
     };
     let bytes = m.as_bytes();
     let mut count = 0;
@@ -528,7 +536,7 @@ fn secret_bare(_: &str, m: &str, s: usize, e: usize) -> Option<(usize, usize, f3
 
 /// Words that say a number is a phone number, and what may stand between them and it
 /// (`Tel.`, `"phone": "`, `reach me at`, `WhatsApp`, `m:` at the start of a line).
-const PHONE_CUE: &str = r#"(?:\b(?:phone|telephone|tel|mobile|mob|cell|cellphone|fax|whatsapp|direct line|desk phone|office|hotline|landline|call(?: me)?(?: at| on)?|reach (?:me|us|the office|him|her) (?:at|on)|my number is|number is|contact number|ph)|(?m:^[ \t]*[mtpf]))\.?[ \t]*(?:no\.?|number|#)?["']?[ \t]*[:=]?[ \t]*["']?[ \t]*"#;
+const PHONE_CUE: &str = r#"(?:\b(?:phone|telephone|tel|mobile|mob|cell|cellphone|fax|whatsapp|direct line|desk phone|hotline|landline|call(?: me)?(?: at| on)?|reach (?:me|us|the office|him|her) (?:at|on)|my number is|contact number|ph)|(?m:^[ \t]*[mtpf][:.]))\.?[ \t]*(?:no\.?|number|#)?["']?[ \t]*[:=]?[ \t]*["']?[ \t]*"#;
 
 /// A number right after a phone cue, in any national format: 7 to 15 digits.
 fn phone_after_cue(text: &str, m: &str, s: usize, e: usize) -> Option<(usize, usize, f32)> {

@@ -213,8 +213,8 @@ pub struct Verdict {
 /// The folder the safety layer loads from, `None` for the built-ins:
 /// - `safety.dir` set: that folder (relative to the working directory); an error
 ///   when it does not exist, so a typo never silently weakens the policy;
-/// - empty (the default): `<data dir>/safety` when it exists, else `./safety` when it
-///   holds a `policy.toml` (running from a checkout, where edits hot-reload), else
+/// - empty (the default): `<data dir>/safety`, else `./safety` (running from a
+///   checkout, where edits hot-reload), whichever first holds a `policy.toml`, else
 ///   the built-ins compiled into the binary.
 pub fn resolve_dir(
     config: &crate::config::SafetyConfig,
@@ -229,7 +229,7 @@ pub fn resolve_dir(
         };
     }
     let in_data = data_dir.join("safety");
-    if in_data.is_dir() {
+    if in_data.join(POLICY_FILE).is_file() {
         return Ok(Some(in_data));
     }
     let here = PathBuf::from("safety");
@@ -289,7 +289,12 @@ impl Safety {
         let (cascade, dir) = Cascade::open(config, data_dir, generation_now())?;
         match &dir {
             Some(d) => tracing::info!(
-                "safety: policy, rules and classifier from {} (reloaded on change)",
+                "safety: {} from {} (reloaded on change)",
+                if cascade.has_classifier() {
+                    "policy, rules and classifier"
+                } else {
+                    "policy and rules (no classifier)"
+                },
                 d.display()
             ),
             None => tracing::info!("safety: the built-in policy, rules and classifier"),
