@@ -332,12 +332,10 @@ impl StreamCheck {
             .collect();
         // A redaction that reaches the end of what was checked may grow with the
         // next tokens: hold it whole, unredacted, for the next check.
-        while let Some(r) = spans
-            .iter()
-            .map(|(r, _)| r)
-            .find(|r| r.start < cut && r.end >= cut && !last)
-        {
-            cut = r.start;
+        if !last {
+            while let Some((r, _)) = spans.iter().find(|(r, _)| r.start < cut && r.end >= cut) {
+                cut = r.start;
+            }
         }
         let held = self.pending.split_off(cut);
         let spans: Vec<_> = spans.into_iter().filter(|(r, _)| r.end <= cut).collect();
@@ -401,21 +399,20 @@ impl StreamCheck {
 /// +44 20 79") and capitalised words ("Dear Jon Whit"), which the next tokens may
 /// turn into personal data. Byte offset on a character boundary.
 pub fn hold_from(pending: &str) -> usize {
+    // Where the last word of `s` starts.
+    let word_start = |s: &str| {
+        s.char_indices()
+            .rev()
+            .find(|(_, c)| c.is_whitespace())
+            .map_or(0, |(i, c)| i + c.len_utf8())
+    };
     // The last word if nothing ends it yet.
-    let mut cut = pending
-        .char_indices()
-        .rev()
-        .find(|(_, c)| c.is_whitespace())
-        .map_or(0, |(i, c)| i + c.len_utf8());
+    let mut cut = word_start(pending);
     let mut held_words = usize::from(cut < pending.len());
     let mut digits_run = false;
     loop {
         let head = pending[..cut].trim_end();
-        let start = head
-            .char_indices()
-            .rev()
-            .find(|(_, c)| c.is_whitespace())
-            .map_or(0, |(i, c)| i + c.len_utf8());
+        let start = word_start(head);
         let word = &head[start..];
         if word.is_empty() {
             break;

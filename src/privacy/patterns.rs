@@ -368,10 +368,14 @@ fn ssn(text: &str, m: &str, s: usize, e: usize) -> Option<(usize, usize, f32)> {
     Some((s, e, 0.95))
 }
 
+/// A phone number without its extension ("x579", "ext. 12"), which is not part of
+/// the number's length.
+fn without_extension(m: &str) -> &str {
+    m.find(['x', 'X', 'e', 'E']).map_or(m, |i| &m[..i])
+}
+
 fn phone(text: &str, m: &str, s: usize, e: usize) -> Option<(usize, usize, f32)> {
-    // The extension ("x579", "ext. 12") is not part of the number's length.
-    let number = m.find(['x', 'X', 'e', 'E']).map_or(m, |i| &m[..i]);
-    let ds = digits(number);
+    let ds = digits(without_extension(m));
     if !(8..=15).contains(&ds.len()) {
         return None;
     }
@@ -546,10 +550,7 @@ fn phone_after_cue(text: &str, m: &str, s: usize, e: usize) -> Option<(usize, us
     });
     let cue_end = re.find(m).map_or(0, |c| c.end());
     let value = &m[cue_end..];
-    let number = value
-        .find(['x', 'X', 'e', 'E'])
-        .map_or(value, |i| &value[..i]);
-    let n = digits(number).len();
+    let n = digits(without_extension(value)).len();
     if !(7..=15).contains(&n) {
         return None;
     }
