@@ -445,14 +445,26 @@ impl Learner {
         let (set, used) = self.build_set(&items)?;
         // Items that cannot be trained on (still carrying personal data after
         // anonymization, or without the answers they refer to) are recorded as
-        // skipped, so they do not wait forever.
+        // skipped, so they do not wait forever, each with its reason.
         for item in &mut items {
             if !used.contains(&item.0.id) && item.2 == "new" {
                 item.2 = "skipped";
             }
         }
         items.retain(|(f, _, role)| *role != "replay" || used.contains(&f.id));
+        detail["feedback"] = json!({
+            "skipped": items.iter().filter(|i| i.2 == "skipped").count(),
+            "skipped_items": items
+                .iter()
+                .filter(|i| i.2 == "skipped")
+                .map(|(f, _, _)| json!({"id": f.id, "kind": f.kind, "reason": skip_reason(f)}))
+                .collect::<Vec<_>>(),
+            "corrections": set.corrections.len(),
+            "preferences": set.preferences.len(),
+            "ratings": set.ratings.len(),
+        });
         if set.is_empty() {
+            self.update(run, "running", None, &detail);
             // Nothing usable: record the waiting items as skipped (with no version)
             // so the threshold trigger does not start the same empty run again.
             let skipped: Vec<String> = items
@@ -479,12 +491,6 @@ impl Learner {
         detail["phase"] = json!("training");
         detail["parent"] = json!(parent.id);
         detail["max_steps"] = json!(hyper.max_steps);
-        detail["feedback"] = json!({
-            "skipped": items.iter().filter(|i| i.2 == "skipped").count(),
-            "corrections": set.corrections.len(),
-            "preferences": set.preferences.len(),
-            "ratings": set.ratings.len(),
-        });
         self.update(run, "running", None, &detail);
         let mut curve = Vec::new();
         let outcome = train::train(
@@ -852,6 +858,23 @@ fn prepare(l: &Learner) {
 }
 
 /// Whether `text` carries an anonymization placeholder (`<PERSON_1>`, `<EMAIL_ADDRESS>`).
+/// Why `build_set` could not use an accepted item (the run's explanation).
+fn skip_reason(f: &FeedbackRow) -> &'static str {
+    let holds = |t: &Option<String>| t.as_deref().is_some_and(anonymized);
+    if f.prompt.is_none() {
+        "the conversation it refers to is no longer stored"
+    } else if f.kind == "correction" && f.text.is_none() {
+        "a correction without text"
+    } else if (f.kind == "correction" && holds(&f.text)) || holds(&f.answer) {
+        "its text still holds a placeholder where the anonymizer removed personal data \
+         (a name, place or date): trained on, the model would learn to say the placeholder"
+    } else if f.kind == "rating" && f.value.is_some_and(|v| (v - 0.5).abs() < 1e-9) {
+        "a neutral rating teaches nothing"
+    } else {
+        "its answers are missing or the same"
+    }
+}
+
 fn anonymized(text: &str) -> bool {
     Entity::ALL
         .iter()

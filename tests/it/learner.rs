@@ -304,6 +304,44 @@ fn ten_corrections_become_a_serving_version_close_to_the_base_that_survives_rest
 }
 
 #[test]
+fn a_run_says_which_accepted_corrections_it_could_not_train_on_and_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let cfg = config();
+    let s = binary::spawn(Some(&cfg), &data, &[("TETHER_LEARNER", "on")], None);
+    let url = s.url.clone();
+    trust_tutors(&url);
+    // A trusted correction whose answer names a person: the name is anonymized
+    // before the correction is stored, so training on it would teach the model to
+    // say the placeholder.
+    let b = correct(
+        &url,
+        "sk-tutor-0",
+        "Who maintains the billing service?",
+        "The billing service is maintained by Dana Whitfield.",
+    );
+    assert_eq!(b["status"], "accepted", "{b}");
+    let run = start_training(&url, None);
+    let done = wait_run(&url, &run, Duration::from_secs(300), |_| false);
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(
+        done["detail"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("none of the 1 waiting")),
+        "{done}"
+    );
+    let skipped = &done["detail"]["feedback"]["skipped_items"];
+    assert_eq!(skipped[0]["id"], b["id"], "{done}");
+    assert!(
+        skipped[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("placeholder") && r.contains("name")),
+        "{done}"
+    );
+    stop(s);
+}
+
+#[test]
 fn kill_9_during_training_leaves_no_partial_version_and_loses_no_feedback() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
