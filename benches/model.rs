@@ -93,6 +93,7 @@ fn prefill(m: &LoadedModel, tokens: &[u32], cache: &mut KvCache) -> Vec<u32> {
                 tokens,
                 cache: Some(cache),
                 adapter: None,
+                tap: None,
             }],
             Outputs::LastToken,
             Mode::Serve,
@@ -132,6 +133,7 @@ fn decode_rate(m: &LoadedModel, batch: usize, prompt: usize, steps: usize, split
                 tokens: t,
                 cache: Some(c),
                 adapter: None,
+                tap: None,
             })
             .collect();
         let logits = if split && seqs.len() >= 2 {

@@ -7,11 +7,15 @@
 //!
 //! Prints p50/p99/max per check for a 200-token prompt (input direction), a
 //! 200-token answer (output direction) and a 400-character stream window, with the
-//! verdict cache bypassed so every check does the full work.
+//! verdict cache bypassed so every check does the full work; and the stream window
+//! again with a tap of the answer's hidden states, so the answer probe runs too (the
+//! tap is the engine's: its cost inside a forward pass is measured by the serve
+//! bench).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tether::model::Tap;
 use tether::safety::{Direction, Safety};
 
 /// About 200 SmolLM2 tokens of ordinary prose (counted with the model's tokenizer
@@ -32,14 +36,20 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-fn measure(safety: &Safety, text: &str, d: Direction, iters: usize) -> Vec<Duration> {
+fn measure(
+    safety: &Safety,
+    text: &str,
+    d: Direction,
+    tap: Option<&Tap>,
+    iters: usize,
+) -> Vec<Duration> {
     let cascade = safety.current();
     let mut times = Vec::with_capacity(iters);
     for i in 0..iters {
         // A different text each time (a digit changes), so nothing is reused.
         let t = format!("{text} {i}");
         let start = Instant::now();
-        let v = safety.check_with(&cascade, &t, d, false);
+        let v = safety.check_answer(&cascade, &t, d, tap, false);
         times.push(start.elapsed());
         std::hint::black_box(v);
     }
@@ -78,19 +88,39 @@ fn main() {
     }
     let window: String = PROMPT.chars().take(400).collect();
     // Warm up.
-    let _ = measure(&safety, PROMPT, Direction::Input, 200);
+    let _ = measure(&safety, PROMPT, Direction::Input, None, 200);
+    // A tap as the engine sends it: 576 summed states over 60 answer tokens.
+    let probe = safety
+        .current()
+        .probe()
+        .cloned()
+        .expect("safety/probe.safetensors");
+    let tap = Tap {
+        layer: probe.layer,
+        sum: (0..probe.weights.len())
+            .map(|i| ((i * 7919) % 101) as f32 / 10.0 - 5.0)
+            .collect(),
+        rows: 60,
+    };
     println!("| check | p50 µs | p99 µs | max µs |");
     println!("|---|---|---|---|");
-    for (name, text, d) in [
-        ("200-token prompt (input)", PROMPT, Direction::Input),
-        ("200-token answer (output)", PROMPT, Direction::Output),
+    for (name, text, d, tap) in [
+        ("200-token prompt (input)", PROMPT, Direction::Input, None),
+        ("200-token answer (output)", PROMPT, Direction::Output, None),
         (
             "400-char stream window (output)",
             window.as_str(),
             Direction::Output,
+            None,
+        ),
+        (
+            "400-char stream window with the answer probe (output)",
+            window.as_str(),
+            Direction::Output,
+            Some(&tap),
         ),
     ] {
-        let t = measure(&safety, text, d, 3000);
+        let t = measure(&safety, text, d, tap, 3000);
         println!(
             "| {name} | {:.0} | {:.0} | {:.0} |",
             percentile(&t, 0.5).as_secs_f64() * 1e6,

@@ -7,6 +7,8 @@
 //! cargo bench --bench serve -- --memory     # only peak RSS with 8 x 1k-token contexts
 //! cargo bench --bench serve -- --memory --f32-kv   # the same with an f32 KV cache
 //! cargo bench --bench serve -- --memory --no-learner   # serving alone
+//! cargo bench --bench serve -- --batching-on-only --clients 8 --no-probe   # answers
+//!                                           # judged without the hidden-state probe
 //! ```
 //!
 //! For 1, 4, 8 and 16 concurrent streaming clients, with batching on and off: aggregate
@@ -22,6 +24,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tether::config::Config;
 use tether::server::Background;
+
+/// Whether the servers judge answers with the hidden-state probe (the engine then
+/// taps layer 16 on every decode step); `--no-probe` turns it off, for comparison.
+static PROBE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// Operator token of the bench's servers.
 const OPERATOR: &str = "bench-operator-token";
@@ -53,6 +59,7 @@ fn start_server_with(
     config.engine.batching = batching;
     config.engine.max_batch = max_batch;
     config.engine.kv_cache = kv;
+    config.safety.probe = PROBE.load(std::sync::atomic::Ordering::Relaxed);
     let server = Background::start(config, Duration::from_secs(300)).expect("server");
     (dir, server)
 }
@@ -209,6 +216,9 @@ fn memory(kv: tether::engine::KvStorage, learner: bool) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--no-probe") {
+        PROBE.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
     if args.iter().any(|a| a == "--memory") {
         let kv = if args.iter().any(|a| a == "--f32-kv") {
             tether::engine::KvStorage::F32

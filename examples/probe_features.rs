@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
                 tokens: &ids,
                 cache: None,
                 adapter: None,
+                tap: None,
             }];
             let h = m
                 .llama

@@ -99,9 +99,13 @@ pub enum SafetyCommand {
     },
     /// Classify JSONL from stdin ({"text": ...} per line); one JSON result per line.
     Classify {
-        /// Check the texts as answers instead of prompts.
+        /// Check the texts as answers instead of prompts (with the answer probe, as
+        /// the server does: loads the model, about 25 answers a second).
         #[arg(long)]
         output: bool,
+        /// With --output: judge with the rules and n-grams alone (no model).
+        #[arg(long, requires = "output")]
+        no_probe: bool,
     },
     /// Precision, recall and ROC-AUC per category on a labelled JSONL file.
     Eval {
@@ -113,6 +117,28 @@ pub enum SafetyCommand {
         /// Judge the texts as answers (the output direction) instead of prompts.
         #[arg(long)]
         output: bool,
+        /// With --output: judge with the rules and n-grams alone. By default answers
+        /// are judged as the server judges them, with the answer probe reading the
+        /// model's hidden states (loads the model; about 25 answers a second).
+        #[arg(long, requires = "output")]
+        no_probe: bool,
+    },
+    /// Train the answer probe: runs the model over the training texts as answers and
+    /// fits a logistic regression on its hidden states (a few minutes on two cores).
+    TrainProbe {
+        /// Folder of training files (default: SAFETY_DIR/data/train).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The served model's own answers to harmless prompts, labelled safe
+        /// (default: SAFETY_DIR/data/probe; `safety/data/probe/generate.py`).
+        #[arg(long)]
+        model_answers: Option<PathBuf>,
+        /// Where to write it (default: SAFETY_DIR/probe.safetensors).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Which layer's input states to read.
+        #[arg(long, default_value_t = 16)]
+        layer: usize,
     },
 }
 
@@ -550,19 +576,56 @@ fn safety(config: &Config, cmd: SafetyCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        SafetyCommand::Classify { output } => {
+        SafetyCommand::Classify { output, no_probe } => {
             let c = cascade()?;
             let d = if output {
                 Direction::Output
             } else {
                 Direction::Input
             };
+            let model = if output && !no_probe && c.probe().is_some() {
+                Some(load(&config.model.spec, config.model.compute)?)
+            } else {
+                None
+            };
             let stdin = std::io::stdin().lock();
             let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-            offline::classify(&c, d, stdin, stdout).context("classifying stdin")?;
+            offline::classify(&c, d, model.as_ref(), stdin, stdout).context("classifying stdin")?;
             Ok(())
         }
-        SafetyCommand::Eval { file, json, output } => {
+        SafetyCommand::TrainProbe {
+            data,
+            model_answers,
+            out,
+            layer,
+        } => {
+            let data = data.unwrap_or_else(|| dir.join("data").join("train"));
+            let model_answers = model_answers.unwrap_or_else(|| dir.join("data").join("probe"));
+            let out = out.unwrap_or_else(|| dir.join(crate::safety::PROBE_FILE));
+            let examples = offline::probe_training_set(&data, Some(&model_answers))?;
+            let model = load(&config.model.spec, config.model.compute)?;
+            let opts = crate::safety::probe::TrainOptions {
+                layer,
+                ..Default::default()
+            };
+            let started = std::time::Instant::now();
+            let probe = offline::train_probe(&model, &examples, &opts)?;
+            probe.save(&out)?;
+            eprintln!(
+                "trained the layer-{layer} probe on {} answers from {} in {:.0}s; wrote {}",
+                examples.len(),
+                data.display(),
+                started.elapsed().as_secs_f64(),
+                out.display()
+            );
+            Ok(())
+        }
+        SafetyCommand::Eval {
+            file,
+            json,
+            output,
+            no_probe,
+        } => {
             let c = cascade()?;
             let file = file.unwrap_or_else(|| dir.join("data").join("heldout.jsonl"));
             let examples = crate::safety::classifier::read_examples(&file)?;
@@ -571,7 +634,12 @@ fn safety(config: &Config, cmd: SafetyCommand) -> anyhow::Result<()> {
             } else {
                 Direction::Input
             };
-            let report = offline::evaluate(&c, &examples, d);
+            let report = if output && !no_probe && c.probe().is_some() {
+                let model = load(&config.model.spec, config.model.compute)?;
+                offline::evaluate_with_probe(&c, &model, &examples)?
+            } else {
+                offline::evaluate(&c, &examples, d)
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -123,6 +123,10 @@ pub struct SafetyConfig {
     /// Require the trained classifier: a folder without a loadable one stops the
     /// server from starting. `false` runs the policy and rules alone.
     pub classifier: bool,
+    /// Judge answers with the probe on the model's hidden states as well (when the
+    /// folder or the binary has `probe.safetensors` made for the served model).
+    /// `false` leaves answers to the rules and the classifier.
+    pub probe: bool,
     /// Poll the folder for changes this often (0: only SIGHUP and the reload endpoint).
     pub watch_secs: u64,
     /// Verdicts kept for repeated texts.

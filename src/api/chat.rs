@@ -20,7 +20,7 @@ use super::state::{Cached, Ready, SharedState};
 use super::wire::*;
 use crate::engine::{Event, Request, SubmitError};
 use crate::model::{
-    ChatMessage, FinishReason, LoadedModel, SamplingParams, TokenLogprob, Tokenizer,
+    ChatMessage, FinishReason, LoadedModel, SamplingParams, Tap, TokenLogprob, Tokenizer,
 };
 use crate::privacy::consent;
 use crate::registry::Version;
@@ -446,6 +446,10 @@ pub async fn chat_completions(
             version: version.id.clone(),
             deadline: Instant::now() + Duration::from_secs(st.config.request_timeout_secs),
             events: tx,
+            tap_layer: guard.as_ref().and_then(|g| {
+                let c = ready.model.llama.config();
+                g.tap_layer(c.num_layers, c.hidden_size)
+            }),
         })
         .map_err(|e| match e {
             SubmitError::QueueFull(_) => ApiError::too_many(format!("{e}; retry in a moment"), 1),
@@ -604,6 +608,7 @@ async fn collect(
     let mut texts = vec![String::new(); plan.n];
     let mut lps: Vec<Vec<TokenLogprobWire>> = vec![Vec::new(); plan.n];
     let mut reasons: Vec<Option<FinishReason>> = vec![None; plan.n];
+    let mut states: Vec<Option<Tap>> = vec![None; plan.n];
     let mut completion_tokens = 0;
     while reasons.iter().any(Option::is_none) {
         match rx.recv().await {
@@ -611,9 +616,13 @@ async fn collect(
                 choice,
                 text,
                 logprob,
+                state,
                 ..
             }) => {
                 texts[choice].push_str(&text);
+                if state.is_some() {
+                    states[choice] = state;
+                }
                 if let Some(lp) = logprob {
                     lps[choice].push(wire_logprob(tok, &lp));
                 }
@@ -640,7 +649,7 @@ async fn collect(
     let mut reports: Vec<Option<SafetyReport>> = vec![None; plan.n];
     if let Some(g) = guard {
         for i in 0..plan.n {
-            let check = g.check_output(&texts[i]);
+            let check = g.check_output(&texts[i], states[i].as_ref());
             texts[i] = check.content;
             if check.filtered {
                 reasons[i] = "content_filter".into();
@@ -812,7 +821,13 @@ impl StreamState {
         }
     }
 
-    fn on_token(&mut self, choice: usize, text: String, lp: Option<TokenLogprobWire>) {
+    fn on_token(
+        &mut self,
+        choice: usize,
+        text: String,
+        lp: Option<TokenLogprobWire>,
+        state: Option<Tap>,
+    ) {
         self.tokens[choice] += 1;
         let Some(g) = &self.guard else {
             self.content(choice, text, lp.into_iter().collect());
@@ -822,7 +837,7 @@ impl StreamState {
             return;
         }
         let chunk_chars = g.stream().chunk_chars;
-        self.checks[choice].push(&text, lp);
+        self.checks[choice].push(&text, lp, state);
         if self.checks[choice].due(chunk_chars) {
             self.check(choice, false);
         }
@@ -841,7 +856,7 @@ impl StreamState {
         }
         self.completion_tokens += tokens;
         self.tokens[choice] = tokens;
-        self.checks[choice].push(&text, None);
+        self.checks[choice].push(&text, None, None);
         if !self.check(choice, true) {
             let report = self.checks[choice].report.clone();
             self.end_choice(choice, finish_str(reason), None, report);
@@ -892,6 +907,10 @@ fn stream_events(
     guard: Option<Guard>,
     rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
 ) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
+    let probe_min_rows = guard.as_ref().and_then(|g| {
+        let c = model.llama.config();
+        g.probe_min_rows(c.num_layers, c.hidden_size)
+    });
     let mut state = StreamState {
         st,
         model,
@@ -908,7 +927,9 @@ fn stream_events(
         tokens: vec![0; plan.n],
         reasons: vec![None; plan.n],
         guard,
-        checks: (0..plan.n).map(|_| StreamCheck::default()).collect(),
+        checks: (0..plan.n)
+            .map(|_| StreamCheck::with_probe(probe_min_rows))
+            .collect(),
         rx,
         out: VecDeque::new(),
         done: false,
@@ -942,12 +963,13 @@ fn stream_events(
                     choice,
                     text,
                     logprob,
+                    state,
                     ..
                 }) => {
                     let lp = logprob
                         .filter(|_| s.logprobs)
                         .map(|lp| wire_logprob(&s.model.tokenizer, &lp));
-                    s.on_token(choice, text, lp);
+                    s.on_token(choice, text, lp, state);
                 }
                 Some(Event::Finished {
                     choice,

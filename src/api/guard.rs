@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::state::SharedState;
 use super::wire::{SafetyReport, TokenLogprobWire};
-use crate::model::ChatMessage;
+use crate::model::{ChatMessage, Tap};
 use crate::safety::{policy, ActionKind, Cascade, Category, Decision, Direction, Safety};
 use crate::storage::NewReview;
 
@@ -78,6 +78,22 @@ impl Guard {
         self.cascade.policy.stream
     }
 
+    /// The layer whose hidden states the engine should tap for the answer probe, if
+    /// the cascade has one made for a model of this shape.
+    pub fn tap_layer(&self, layers: usize, hidden: usize) -> Option<usize> {
+        self.cascade
+            .probe()
+            .filter(|p| p.fits(layers, hidden))
+            .map(|p| p.layer)
+    }
+
+    /// How many answer tokens the probe needs before it judges, when the engine taps
+    /// states for it (see [`Guard::tap_layer`]).
+    pub fn probe_min_rows(&self, layers: usize, hidden: usize) -> Option<usize> {
+        self.tap_layer(layers, hidden)?;
+        self.cascade.probe().map(|p| p.min_rows.max(1))
+    }
+
     /// Checks every message; redacts in place where the policy says so.
     pub fn check_input(&self, msgs: &mut [ChatMessage]) -> InputCheck {
         let mut strongest = Decision::allow();
@@ -127,11 +143,12 @@ impl Guard {
         }
     }
 
-    /// Checks a whole answer: the text to deliver, and what happened.
-    pub fn check_output(&self, text: &str) -> OutputCheck {
+    /// Checks a whole answer (with the engine's tap of its hidden states, when
+    /// there is one): the text to deliver, and what happened.
+    pub fn check_output(&self, text: &str, state: Option<&Tap>) -> OutputCheck {
         let v = self
             .safety
-            .check_with(&self.cascade, text, Direction::Output, true);
+            .check_answer(&self.cascade, text, Direction::Output, state, true);
         let d = v.decision;
         let content = if d.withhold {
             d.replacement.clone().unwrap_or_default()
@@ -228,13 +245,32 @@ pub struct StreamCheck {
     held_bytes: usize,
     /// The last non-allow report, to attach to the final chunk.
     pub report: Option<SafetyReport>,
+    /// The engine's latest tap of the answer's hidden states (for the probe).
+    state: Option<Tap>,
+    /// With an answer probe: the tokens it needs. A verdict to withhold reached
+    /// before then (the n-grams alone, which read topics) waits, undelivered, for the
+    /// probe to read the answer.
+    probe_min_rows: Option<usize>,
 }
 
 impl StreamCheck {
-    /// Adds generated text (and its logprob).
-    pub fn push(&mut self, text: &str, lp: Option<TokenLogprobWire>) {
+    /// A check for a choice whose answer the probe judges once it has `min_rows`
+    /// tokens (`None`: no probe; see [`Guard::probe_min_rows`]).
+    pub fn with_probe(min_rows: Option<usize>) -> Self {
+        Self {
+            probe_min_rows: min_rows,
+            ..Self::default()
+        }
+    }
+
+    /// Adds generated text (and its logprob, and the engine's tap of the answer's
+    /// states so far).
+    pub fn push(&mut self, text: &str, lp: Option<TokenLogprobWire>, state: Option<Tap>) {
         self.pending.push_str(text);
         self.pending_lp.extend(lp);
+        if state.is_some() {
+            self.state = state;
+        }
     }
 
     /// Whether enough text waits for a check. The first text is checked as soon as
@@ -290,10 +326,24 @@ impl StreamCheck {
         let mut window = self.delivered[start..].to_string();
         let offset = window.len();
         window.push_str(&self.pending[..cut]);
-        let v = g
-            .safety
-            .check_with(&g.cascade, &window, Direction::Output, false);
+        let v = g.safety.check_answer(
+            &g.cascade,
+            &window,
+            Direction::Output,
+            self.state.as_ref(),
+            false,
+        );
         let d = v.decision;
+        let probe_pending = self
+            .probe_min_rows
+            .is_some_and(|n| self.state.as_ref().map_or(0, |s| s.rows) < n);
+        if d.withhold && probe_pending && !last {
+            // Flagged before the probe can judge: hold everything (nothing of it is
+            // delivered) and judge again once it can; the engine's tap grows by one
+            // row a token, so this waits at most the probe's minimum.
+            self.held_bytes = self.pending.len();
+            return (Step::Emit(String::new(), Vec::new()), None);
+        }
         let mut escalation = None;
         if d.escalate && !self.escalated {
             self.escalated = true;
@@ -470,7 +520,7 @@ mod tests {
         let mut c = StreamCheck::default();
         let mut out = String::new();
         for (i, t) in tokens.iter().enumerate() {
-            c.push(t, None);
+            c.push(t, None, None);
             if (i + 1) % every == 0 {
                 if let (Step::Emit(text, _), _) = c.check(g, false) {
                     out.push_str(&text);

@@ -84,6 +84,9 @@ pub struct Request {
     pub deadline: Instant,
     /// Where events go; dropping the receiver cancels the request.
     pub events: tokio::sync::mpsc::UnboundedSender<Event>,
+    /// When set, token events carry the hidden states entering this layer, summed
+    /// over the answer so far (for the safety probe).
+    pub tap_layer: Option<usize>,
 }
 
 /// What the engine reports about a request.
@@ -99,6 +102,10 @@ pub enum Event {
         text: String,
         /// Its logprob, when requested.
         logprob: Option<TokenLogprob>,
+        /// With [`Request::tap_layer`]: the hidden states entering that layer, summed
+        /// over the answer's tokens run so far (`None` before the first, or without
+        /// a tap).
+        state: Option<crate::model::Tap>,
     },
     /// A choice ended.
     Finished {

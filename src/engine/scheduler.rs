@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::prefix::PrefixCache;
 use super::{EngineConfig, Event, KvStorage, Request};
 use crate::model::{
-    FinishReason, Generation, KvCache, LoadedModel, LoraAdapter, Mode, Outputs, SeqInput, Step,
+    FinishReason, Generation, KvCache, LoadedModel, LoraAdapter, Mode, Outputs, SeqInput, Step, Tap,
 };
 use crate::monitoring::Metrics;
 
@@ -21,6 +21,7 @@ struct Shared {
     version: String,
     deadline: Instant,
     events: tokio::sync::mpsc::UnboundedSender<Event>,
+    tap_layer: Option<usize>,
 }
 
 /// One choice being generated.
@@ -40,6 +41,9 @@ struct Seq {
     last_token_at: Option<Instant>,
     admitted_at: Instant,
     done: bool,
+    /// The answer's hidden states entering the request's tap layer (decode steps
+    /// only: the prompt is not part of the answer).
+    tap: Option<Tap>,
 }
 
 impl Seq {
@@ -140,6 +144,7 @@ impl Scheduler {
                 version: req.version,
                 deadline: req.deadline,
                 events: req.events,
+                tap_layer: req.tap_layer,
             });
             let dtype = self.dtype();
             for choice in 0..req.n {
@@ -169,6 +174,7 @@ impl Scheduler {
                     last_token_at: None,
                     admitted_at: Instant::now(),
                     done: false,
+                    tap: shared.tap_layer.map(Tap::new),
                 });
             }
         }
@@ -280,10 +286,12 @@ impl Scheduler {
             let mut seqs: Vec<Option<SeqInput<'_>>> = Vec::with_capacity(scheduled.len());
             for (s, inp) in self.running.iter_mut().zip(&inputs) {
                 if let Some(tokens) = inp {
+                    let decoding = s.next.is_some();
                     seqs.push(Some(SeqInput {
                         tokens,
                         cache: Some(&mut s.cache),
                         adapter: s.shared.adapter.as_deref(),
+                        tap: s.tap.as_mut().filter(|_| decoding),
                     }));
                 }
             }
@@ -414,12 +422,14 @@ impl Scheduler {
             } else {
                 step.text.clone()
             };
+            let state = s.tap.clone().filter(|t| t.rows > 0);
             let alive = match finished {
                 None => s.send(Event::Token {
                     choice: s.choice,
                     token: step.token,
                     text: token_text,
                     logprob,
+                    state,
                 }),
                 Some(reason) => {
                     // The last step's text (and anything held back) goes with Finished.
@@ -428,6 +438,7 @@ impl Scheduler {
                         token: step.token,
                         text: String::new(),
                         logprob,
+                        state,
                     });
                     let text = format!("{}{}", step.text, tail);
                     sent && s.send(Event::Finished {

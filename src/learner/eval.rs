@@ -5,7 +5,7 @@ use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::objective::{self, Pair};
-use crate::model::{KvCache, Llama, LoraAdapter, Mode, Outputs, Result, SeqInput};
+use crate::model::{KvCache, Llama, LoraAdapter, Mode, Outputs, Result, SeqInput, Tap};
 
 /// Greedy answers to `prompts` (each at most `max_tokens`, stopping at any of
 /// `stop_ids`, which are included), decoded together in one batch. Keys and values
@@ -18,6 +18,20 @@ pub fn greedy_batch(
     max_tokens: usize,
     stop_ids: &[u32],
 ) -> Result<Vec<Vec<u32>>> {
+    Ok(greedy_batch_tapped(model, adapter, prompts, max_tokens, stop_ids, None)?.0)
+}
+
+/// [`greedy_batch`], also summing each answer's hidden states entering `tap_layer`
+/// as the serving engine does for the safety probe (one [`Tap`] per prompt, empty
+/// without a layer).
+pub fn greedy_batch_tapped(
+    model: &Llama,
+    adapter: Option<&LoraAdapter>,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+    stop_ids: &[u32],
+    tap_layer: Option<usize>,
+) -> Result<(Vec<Vec<u32>>, Vec<Tap>)> {
     let context = model.config().context_length;
     let layers = model.config().num_layers;
     let mut caches: Vec<KvCache> = prompts
@@ -30,20 +44,28 @@ pub fn greedy_batch(
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
     let mut done = vec![false; prompts.len()];
     let mut next: Vec<Vec<u32>> = prompts.to_vec();
-    for _ in 0..max_tokens {
+    let mut taps: Vec<Tap> = prompts
+        .iter()
+        .map(|_| Tap::new(tap_layer.unwrap_or(usize::MAX)))
+        .collect();
+    for step in 0..max_tokens {
         let live: Vec<usize> = (0..prompts.len()).filter(|&i| !done[i]).collect();
         if live.is_empty() {
             break;
         }
+        // The prompt's pass is not part of the answer: taps start with its tokens.
+        let tapping = step > 0 && tap_layer.is_some();
         let mut seqs: Vec<SeqInput<'_>> = caches
             .iter_mut()
             .zip(&next)
+            .zip(taps.iter_mut())
             .zip(&done)
             .filter(|(_, &d)| !d)
-            .map(|((c, t), _)| SeqInput {
+            .map(|(((c, t), tap), _)| SeqInput {
                 tokens: t,
                 cache: Some(c),
                 adapter,
+                tap: tapping.then_some(tap),
             })
             .collect();
         let logits = model.forward(&mut seqs, Outputs::LastToken, Mode::Serve)?;
@@ -57,7 +79,7 @@ pub fn greedy_batch(
             }
         }
     }
-    Ok(out)
+    Ok((out, taps))
 }
 
 /// How far a candidate has moved from the base on held-out probes.

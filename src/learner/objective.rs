@@ -110,6 +110,7 @@ pub fn hidden_before(model: &Llama, pairs: &[&Pair], layer: usize) -> Result<Vec
                 tokens: &l.input,
                 cache: None,
                 adapter: None,
+                tap: None,
             })
             .collect();
         let h = model.forward(&mut seqs, Outputs::HiddenBefore(layer), Mode::Serve)?;
@@ -151,6 +152,7 @@ pub fn score_from(
             tokens: &l.input,
             cache: None,
             adapter,
+            tap: None,
         })
         .collect();
     let n = rows.len();

@@ -68,6 +68,7 @@ pub fn sft_loss(
             tokens: t,
             cache: None,
             adapter: Some(adapter),
+            tap: None,
         })
         .collect();
     let logits = model.forward(&mut seqs, Outputs::AllTokens, Mode::Train { dropout })?;

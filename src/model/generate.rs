@@ -433,6 +433,7 @@ pub fn generate(
                 tokens: &next,
                 cache: Some(&mut cache),
                 adapter,
+                tap: None,
             }],
             Outputs::LastToken,
             Mode::Serve,

@@ -27,6 +27,53 @@ pub struct SeqInput<'a> {
     pub cache: Option<&'a mut KvCache>,
     /// Adapter applied to this sequence only (`None`: the base model).
     pub adapter: Option<&'a LoraAdapter>,
+    /// Adds the hidden states of this sequence's new tokens, as they enter one
+    /// layer, to a running sum (the safety probe reads an answer's mean state).
+    pub tap: Option<&'a mut Tap>,
+}
+
+/// A running sum of the hidden states that enter `layer`, over every token a
+/// sequence has run with this tap. It costs one small copy per tapped row; the states
+/// are the ones the forward pass computes anyway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tap {
+    /// Which layer's input is summed (0: the embeddings).
+    pub layer: usize,
+    /// The sum, `hidden_size` numbers (empty until the first row).
+    pub sum: Vec<f32>,
+    /// How many rows were added.
+    pub rows: usize,
+}
+
+impl Tap {
+    /// An empty tap on `layer`.
+    pub fn new(layer: usize) -> Self {
+        Self {
+            layer,
+            sum: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    /// Adds `rows` (row-major, `width` numbers each).
+    fn add(&mut self, rows: &[f32], width: usize) -> Result<()> {
+        if self.sum.is_empty() {
+            self.sum = vec![0.0; width];
+        }
+        if self.sum.len() != width || !rows.len().is_multiple_of(width) {
+            return Err(Error::InvalidArgument(format!(
+                "a tap of {} numbers given rows of {width}",
+                self.sum.len()
+            )));
+        }
+        for row in rows.chunks_exact(width) {
+            for (a, b) in self.sum.iter_mut().zip(row) {
+                *a += b;
+            }
+            self.rows += 1;
+        }
+        Ok(())
+    }
 }
 
 /// Which positions get logits.
@@ -573,6 +620,19 @@ impl Llama {
         for (li, block) in self.blocks.iter().enumerate() {
             if li < first_layer {
                 continue;
+            }
+            if seqs
+                .iter()
+                .any(|s| s.tap.as_ref().is_some_and(|t| t.layer == li))
+            {
+                // One copy of the batch's states, read by every tapped sequence.
+                let flat: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                let width = self.cfg.hidden_size;
+                for (s, &(start, len)) in seqs.iter_mut().zip(&spans) {
+                    if let Some(tap) = s.tap.as_deref_mut().filter(|t| t.layer == li) {
+                        tap.add(&flat[start * width..(start + len) * width], width)?;
+                    }
+                }
             }
             if li >= stop {
                 return Ok(x);

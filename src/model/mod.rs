@@ -25,7 +25,7 @@ pub use error::{Error, Result};
 pub use generate::{
     generate, Completion, FinishReason, Generation, SamplingParams, Step, TokenLogprob,
 };
-pub use llama::{Llama, Mode, Outputs, SeqInput};
+pub use llama::{Llama, Mode, Outputs, SeqInput, Tap};
 pub use loader::{default_device, LoadOptions, LoadedModel, ModelInfo, ModelSpec};
 pub use lora::{Dropout, LoraAdapter, LoraConfig, LoraPair, Target};
 pub use template::{ChatMessage, ChatTemplate};

@@ -6,7 +6,8 @@
 //!    the share of probe answers whose first tokens are unchanged;
 //! 2. retention of the corrections in its lineage;
 //! 3. red team (`safety/redteam.jsonl`): greedy answers generated with the
-//!    classifiers off, then classified by the output checks; the unsafe-answer rate
+//!    classifiers off, then classified by the output checks (with the answer probe
+//!    reading each answer's hidden states, as when serving); the unsafe-answer rate
 //!    may not rise above the parent's;
 //! 4. perplexity on reference texts (`configs/reference.jsonl`) relative to the base.
 //!
@@ -281,20 +282,37 @@ impl Gate {
         let prompts: Vec<Vec<u32>> = suite.redteam.iter().map(|r| r.prompt.clone()).collect();
         let stop = self.model.tokenizer.stop_ids();
         // One batch: a decode step costs little more for 24 sequences than for 16.
+        // The answers' hidden states feed the answer probe, as when serving, so the
+        // check counts harmful answers rather than answers that name a topic.
+        let c = self.model.llama.config();
+        let layer = cascade
+            .probe()
+            .filter(|p| p.fits(c.num_layers, c.hidden_size))
+            .map(|p| p.layer);
         let mut answers = Vec::with_capacity(prompts.len());
+        let mut taps = Vec::with_capacity(prompts.len());
         for chunk in prompts.chunks(32) {
-            answers.extend(eval::greedy_batch(
+            let (a, t) = eval::greedy_batch_tapped(
                 &self.model.llama,
                 adapter,
                 chunk,
                 self.config.redteam_tokens,
                 stop,
-            )?);
+                layer,
+            )?;
+            answers.extend(a);
+            taps.extend(t);
         }
         let mut flagged = Vec::new();
-        for (i, (r, ids)) in suite.redteam.iter().zip(&answers).enumerate() {
+        for (i, ((r, ids), tap)) in suite.redteam.iter().zip(&answers).zip(&taps).enumerate() {
             let text = self.model.tokenizer.decode(ids, true).unwrap_or_default();
-            let v = safety.check_with(&cascade, &text, Direction::Output, false);
+            let v = safety.check_answer(
+                &cascade,
+                &text,
+                Direction::Output,
+                layer.map(|_| tap),
+                false,
+            );
             if !v.decision.categories.is_empty() {
                 flagged.push(json!({
                     "prompt": i,
@@ -413,7 +431,7 @@ impl Gate {
             threshold: c.min_retention,
             passed: retention >= c.min_retention,
             message: format!(
-                "{:.2} of {} corrections reproduced (at least {})",
+                "{:.2} of {} corrections it trained on reproduced greedily (at least {}; accepted items it could not train on are listed in the run detail, feedback.skipped_items)",
                 retention,
                 kept.len(),
                 c.min_retention

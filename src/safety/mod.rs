@@ -18,6 +18,7 @@ pub mod classifier;
 pub mod normalize;
 pub mod offline;
 pub mod policy;
+pub mod probe;
 pub mod rules;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub use category::{Category, Direction, N_CATEGORIES};
 pub use classifier::Classifier;
 pub use policy::{ActionKind, Decision, Policy};
+pub use probe::{Probe, PROBE_FILE};
 pub use rules::{Hit, Rules};
 
 use crate::monitoring::Metrics;
@@ -38,6 +40,8 @@ pub const BUILTIN_RULES: &str = include_str!("../../safety/rules.toml");
 /// The trained classifier compiled into the binary, so a server started anywhere
 /// judges with the same weights as one started in the checkout.
 pub const BUILTIN_CLASSIFIER: &[u8] = include_bytes!("../../safety/classifier.safetensors");
+/// The hidden-state probe compiled into the binary (see [`probe`]).
+pub const BUILTIN_PROBE: &[u8] = include_bytes!("../../safety/probe.safetensors");
 
 /// File names inside the safety folder.
 pub const POLICY_FILE: &str = "policy.toml";
@@ -88,6 +92,7 @@ pub struct Cascade {
     pub policy: Policy,
     rules: Rules,
     classifier: Option<Classifier>,
+    probe: Option<Probe>,
     /// Identifies this state (changes on every successful reload).
     pub generation: u64,
 }
@@ -104,8 +109,28 @@ impl Cascade {
             policy: Policy::parse(policy).map_err(|m| (POLICY_FILE.to_string(), m))?,
             rules: Rules::parse(rules).map_err(|m| (RULES_FILE.to_string(), m))?,
             classifier,
+            probe: None,
             generation,
         })
+    }
+
+    /// The same cascade with an answer probe as its second stage.
+    pub fn with_probe(mut self, probe: Option<Probe>) -> Self {
+        self.probe = probe;
+        self
+    }
+
+    fn keep_probe(self, keep: bool) -> Self {
+        if keep {
+            self
+        } else {
+            self.with_probe(None)
+        }
+    }
+
+    /// The probe, if one is loaded.
+    pub fn probe(&self) -> Option<&Probe> {
+        self.probe.as_ref()
     }
 
     /// Loads and validates the folder; the classifier must be there (see
@@ -143,12 +168,22 @@ impl Cascade {
             );
             None
         };
-        Self::from_parts(&policy, &rules, classifier, generation).map_err(|(file, message)| {
-            Error::Invalid {
+        let ppath = dir.join(PROBE_FILE);
+        let probe = if ppath.exists() {
+            Some(Probe::load(&ppath).map_err(|e| Error::Invalid {
+                path: ppath.clone(),
+                message: e.to_string(),
+            })?)
+        } else {
+            None
+        };
+        let cascade = Self::from_parts(&policy, &rules, classifier, generation).map_err(
+            |(file, message)| Error::Invalid {
                 path: dir.join(file),
                 message,
-            }
-        })
+            },
+        )?;
+        Ok(cascade.with_probe(probe))
     }
 
     /// The built-in policy, rules and classifier (compiled into the binary).
@@ -158,12 +193,16 @@ impl Cascade {
                 path: PathBuf::from(format!("<built-in {CLASSIFIER_FILE}>")),
                 message,
             })?;
-        Self::from_parts(BUILTIN_POLICY, BUILTIN_RULES, Some(classifier), 0).map_err(
-            |(file, message)| Error::Invalid {
+        let probe = Probe::from_bytes(BUILTIN_PROBE).map_err(|message| Error::Invalid {
+            path: PathBuf::from(format!("<built-in {PROBE_FILE}>")),
+            message,
+        })?;
+        let cascade = Self::from_parts(BUILTIN_POLICY, BUILTIN_RULES, Some(classifier), 0)
+            .map_err(|(file, message)| Error::Invalid {
                 path: PathBuf::from(format!("<built-in {file}>")),
                 message,
-            },
-        )
+            })?;
+        Ok(cascade.with_probe(Some(probe)))
     }
 
     /// The cascade `config` names, and the folder it came from (none: built-in).
@@ -175,11 +214,24 @@ impl Cascade {
     ) -> Result<(Self, Option<PathBuf>), Error> {
         match resolve_dir(config, data_dir)? {
             Some(dir) => Ok((
-                Self::load_with(&dir, generation, config.classifier)?,
+                Self::load_with(&dir, generation, config.classifier)?.keep_probe(config.probe),
                 Some(dir),
             )),
-            None => Ok((Self::builtin()?, None)),
+            None => Ok((Self::builtin()?.keep_probe(config.probe), None)),
         }
+    }
+
+    /// The layer whose states the probe reads, for the engine's tap.
+    pub fn probe_layer(&self) -> Option<usize> {
+        self.probe.as_ref().map(|p| p.layer)
+    }
+
+    fn probe_harm(&self, d: Direction, state: Option<&crate::model::Tap>) -> Option<(&Probe, f32)> {
+        if d != Direction::Output {
+            return None;
+        }
+        let probe = self.probe.as_ref()?;
+        Some((probe, probe.score(state?)?))
     }
 
     /// Whether a trained classifier is loaded.
@@ -189,10 +241,24 @@ impl Cascade {
 
     /// Scores one text.
     pub fn assess(&self, text: &str, direction: Direction) -> Assessment {
+        self.assess_answer(text, direction, None)
+    }
+
+    /// Scores one text; for an answer whose hidden states the engine tapped
+    /// (`state`), the probe tempers the classifier's scores (see [`probe`]).
+    pub fn assess_answer(
+        &self,
+        text: &str,
+        direction: Direction,
+        state: Option<&crate::model::Tap>,
+    ) -> Assessment {
         let norm = normalize::normalize(text);
         let (mut scores, hits) = self.rules.apply(text, &norm, direction);
         if let Some(c) = &self.classifier {
-            let p = c.score_normalized(&norm.text);
+            let mut p = c.score_normalized(&norm.text);
+            if let Some((probe, harm)) = self.probe_harm(direction, state) {
+                probe.temper(&mut p, harm);
+            }
             for i in 0..N_CATEGORIES {
                 scores[i] = scores[i].max(p[i]);
             }
@@ -246,6 +312,7 @@ type Stamp = Vec<Option<(SystemTime, u64)>>;
 pub struct Safety {
     dir: Option<PathBuf>,
     require_classifier: bool,
+    use_probe: bool,
     current: RwLock<Arc<Cascade>>,
     stamp: Mutex<Stamp>,
     cache: moka::sync::Cache<String, Arc<Assessment>>,
@@ -258,7 +325,7 @@ pub struct Safety {
 pub type ReloadHook = Box<dyn Fn(&str, Result<u64, &Error>) + Send + Sync>;
 
 fn stamp(dir: &Path) -> Stamp {
-    [POLICY_FILE, RULES_FILE, CLASSIFIER_FILE]
+    [POLICY_FILE, RULES_FILE, CLASSIFIER_FILE, PROBE_FILE]
         .iter()
         .map(|f| {
             let m = std::fs::metadata(dir.join(f)).ok()?;
@@ -301,6 +368,7 @@ impl Safety {
         }
         Ok(Self {
             require_classifier: config.classifier,
+            use_probe: config.probe,
             stamp: Mutex::new(dir.as_deref().map(stamp).unwrap_or_default()),
             dir,
             current: RwLock::new(Arc::new(cascade)),
@@ -344,7 +412,8 @@ impl Safety {
             return Ok(self.current().generation);
         };
         let new_stamp = stamp(dir);
-        let result = Cascade::load_with(dir, generation_now(), self.require_classifier);
+        let result = Cascade::load_with(dir, generation_now(), self.require_classifier)
+            .map(|c| c.keep_probe(self.use_probe));
         *self.stamp.lock().unwrap_or_else(|e| e.into_inner()) = new_stamp;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         if let Some(m) = &self.metrics {
@@ -445,8 +514,25 @@ impl Safety {
 
     /// Checks with a given cascade (so one request uses one policy throughout).
     pub fn check_with(&self, cascade: &Cascade, text: &str, d: Direction, cache: bool) -> Verdict {
+        self.check_answer(cascade, text, d, None, cache)
+    }
+
+    /// [`Safety::check_with`] for an answer with the engine's tap of its hidden
+    /// states (never cached when the probe reads them: the same text can follow
+    /// other prompts).
+    pub fn check_answer(
+        &self,
+        cascade: &Cascade,
+        text: &str,
+        d: Direction,
+        state: Option<&crate::model::Tap>,
+        cache: bool,
+    ) -> Verdict {
         let started = Instant::now();
-        let assessment = self.assessment(cascade, text, d, cache);
+        let assessment = match cascade.probe_harm(d, state) {
+            Some(_) => Arc::new(cascade.assess_answer(text, d, state)),
+            None => self.assessment(cascade, text, d, cache),
+        };
         let decision = cascade
             .policy
             .decide(d, &assessment.scores, &assessment.hits);

@@ -39,6 +39,60 @@ pub fn train(data: &Path, out: &Path, o: &TrainOptions) -> Result<usize, classif
     Ok(examples.len())
 }
 
+/// The texts the answer probe trains on: from the training folder `data`, every
+/// answer file (`answers_*`) and the external dev half (`external_*`) whole, and every
+/// third line of the rest (prompts, which read as harmful or harmless text all the
+/// same); and every file of `model_answers` whole (the served model's own answers to
+/// harmless prompts, `safety/data/probe/`), when given.
+pub fn probe_training_set(
+    data: &Path,
+    model_answers: Option<&Path>,
+) -> Result<Vec<Example>, classifier::Error> {
+    let (_, files) = read_dir_examples(data)?;
+    let mut out = Vec::new();
+    if let Some(dir) = model_answers {
+        out.extend(read_dir_examples(dir)?.0);
+    }
+    for f in files {
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let whole = name.starts_with("answers_") || name.starts_with("external_");
+        let examples = read_examples(&f)?;
+        out.extend(
+            examples
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| whole || i % 3 == 0)
+                .map(|(_, e)| e),
+        );
+    }
+    Ok(out)
+}
+
+/// Runs `model` over `examples` as answers and fits the answer probe.
+pub fn train_probe(
+    model: &crate::model::LoadedModel,
+    examples: &[Example],
+    o: &super::probe::TrainOptions,
+) -> Result<super::Probe, super::probe::Error> {
+    let turns = super::probe::USER_TURNS;
+    let (mut states, mut labels) = (Vec::new(), Vec::new());
+    for (i, e) in examples.iter().enumerate() {
+        let taps = super::probe::answer_prefix_states(
+            model,
+            turns[i % turns.len()],
+            &e.text,
+            o.layer,
+            o.max_tokens,
+            &o.prefixes,
+        )?;
+        labels.extend(std::iter::repeat_n(!e.labels.is_empty(), taps.len()));
+        states.extend(taps);
+    }
+    let mut probe = super::Probe::train(&states, &labels, o)?;
+    probe.model_layers = model.llama.config().num_layers;
+    Ok(probe)
+}
+
 /// The score at which a category counts as flagged in moderation results and
 /// evaluations: the threshold of the rule for `d` when it acts, else that of the
 /// other direction's rule when it acts, else 0.5.
@@ -92,14 +146,33 @@ pub fn moderate(cascade: &Cascade, scores: &[f32; N_CATEGORIES], d: Direction) -
 
 /// Reads `{"text": ...}` lines and writes one moderation result (plus the policy's
 /// `action`) per line. Returns the lines read.
+///
+/// With `model` (answers only), each text's hidden states are computed after a user
+/// turn and the cascade's probe reads them, as in the server.
 pub fn classify(
     cascade: &Cascade,
     d: Direction,
+    model: Option<&crate::model::LoadedModel>,
     input: impl BufRead,
     output: impl Write,
 ) -> std::io::Result<usize> {
+    let layer = cascade.probe().map(|p| p.layer);
     crate::jsonl::map_texts(input, output, |t| {
-        let a = cascade.assess(t, d);
+        let state = match (model, layer) {
+            (Some(m), Some(layer)) if d == Direction::Output => {
+                match super::probe::answer_state(m, super::probe::USER_TURNS[0], t, layer, 256) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::warn!(
+                            "no hidden states for a text, judged without the probe: {e}"
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let a = cascade.assess_answer(t, d, state.as_ref());
         let decision = cascade.policy.decide(d, &a.scores, &a.hits);
         let mut v = serde_json::to_value(moderate(cascade, &a.scores, d))
             .unwrap_or(serde_json::Value::Null);
@@ -130,8 +203,13 @@ pub struct Report {
     pub examples: usize,
     /// Per category.
     pub categories: Vec<CategoryReport>,
-    /// Mean ROC-AUC over categories that have one.
+    /// Mean ROC-AUC over categories that have one (each category's score, its texts
+    /// against every other text).
     pub macro_roc_auc: f64,
+    /// Mean over categories of the ROC-AUC of the top score, each category's unsafe
+    /// texts against the safe ones: whether harm in that category is told from safe
+    /// text, whichever category it is filed under.
+    pub macro_harm_roc_auc: Option<f64>,
     /// Fraction of benign (unlabelled) examples flagged in any category.
     pub benign_false_positive_rate: Option<f64>,
     /// Unsafe (any label) against safe, whatever the category.
@@ -177,6 +255,46 @@ pub fn evaluate(cascade: &Cascade, examples: &[Example], d: Direction) -> Report
         .iter()
         .map(|e| cascade.assess(&e.text, d).scores)
         .collect();
+    evaluate_scores(cascade, examples, &scores, d)
+}
+
+/// [`evaluate`] for answers with the probe as the server runs it: `model` computes
+/// each answer's hidden states after a user turn, as the engine does while serving.
+pub fn evaluate_with_probe(
+    cascade: &Cascade,
+    model: &crate::model::LoadedModel,
+    examples: &[Example],
+) -> Result<Report, super::probe::Error> {
+    let Some(probe) = cascade.probe() else {
+        return Err(super::probe::Error::Train(
+            "the safety folder has no probe.safetensors".into(),
+        ));
+    };
+    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+    let states = super::probe::answer_states(model, &texts, probe.layer, 256)?;
+    let scores: Vec<[f32; N_CATEGORIES]> = examples
+        .iter()
+        .zip(&states)
+        .map(|(e, s)| {
+            cascade
+                .assess_answer(&e.text, Direction::Output, Some(s))
+                .scores
+        })
+        .collect();
+    Ok(evaluate_scores(
+        cascade,
+        examples,
+        &scores,
+        Direction::Output,
+    ))
+}
+
+fn evaluate_scores(
+    cascade: &Cascade,
+    examples: &[Example],
+    scores: &[[f32; N_CATEGORIES]],
+    d: Direction,
+) -> Report {
     let mut cats = Vec::new();
     let mut aucs = Vec::new();
     for c in Category::ALL {
@@ -245,6 +363,19 @@ pub fn evaluate(cascade: &Cascade, examples: &[Example], d: Direction) -> Report
         .collect();
     let is_unsafe: Vec<bool> = examples.iter().map(|e| !e.labels.is_empty()).collect();
     let bin_auc = roc_auc(&top, &is_unsafe);
+    let harm_aucs: Vec<f64> = Category::ALL
+        .iter()
+        .filter_map(|&c| {
+            let ix: Vec<usize> = (0..examples.len())
+                .filter(|&i| examples[i].has(c) || examples[i].labels.is_empty())
+                .collect();
+            let s: Vec<f32> = ix.iter().map(|&i| top[i]).collect();
+            let l: Vec<bool> = ix.iter().map(|&i| examples[i].has(c)).collect();
+            roc_auc(&s, &l)
+        })
+        .collect();
+    let macro_harm_roc_auc =
+        (!harm_aucs.is_empty()).then(|| harm_aucs.iter().sum::<f64>() / harm_aucs.len() as f64);
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     let binary = Binary {
         unsafe_examples: unsafe_ix.len(),
@@ -260,6 +391,7 @@ pub fn evaluate(cascade: &Cascade, examples: &[Example], d: Direction) -> Report
         binary,
         examples: examples.len(),
         categories: cats,
+        macro_harm_roc_auc,
         macro_roc_auc: if aucs.is_empty() {
             0.0
         } else {
@@ -289,6 +421,12 @@ impl std::fmt::Display for Report {
             "\nmacro ROC-AUC: {:.3} over {} examples",
             self.macro_roc_auc, self.examples
         )?;
+        if let Some(a) = self.macro_harm_roc_auc {
+            writeln!(
+                f,
+                "macro ROC-AUC of the top score, each category's unsafe texts against the safe ones: {a:.3}"
+            )?;
+        }
         if let Some(r) = self.benign_false_positive_rate {
             writeln!(f, "benign flagged (false-positive rate): {:.1}%", r * 100.0)?;
         }

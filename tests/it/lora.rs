@@ -142,6 +142,7 @@ fn adapters_save_load_merge_and_share_one_base_per_sequence() {
                     tokens: &tokens,
                     cache: None,
                     adapter,
+                    tap: None,
                 }],
                 Outputs::AllTokens,
                 Mode::Serve,
@@ -168,6 +169,7 @@ fn adapters_save_load_merge_and_share_one_base_per_sequence() {
                 tokens: &tokens,
                 cache: None,
                 adapter: None,
+                tap: None,
             }],
             Outputs::AllTokens,
             Mode::Serve,
@@ -182,21 +184,25 @@ fn adapters_save_load_merge_and_share_one_base_per_sequence() {
             tokens: &tokens,
             cache: None,
             adapter: Some(&a),
+            tap: None,
         },
         SeqInput {
             tokens: &tokens,
             cache: None,
             adapter: None,
+            tap: None,
         },
         SeqInput {
             tokens: &tokens,
             cache: None,
             adapter: Some(&b),
+            tap: None,
         },
         SeqInput {
             tokens: &tokens,
             cache: None,
             adapter: Some(&a),
+            tap: None,
         },
     ];
     let mixed = model

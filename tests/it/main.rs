@@ -16,6 +16,7 @@ mod loading;
 mod lora;
 mod openai;
 mod privacy;
+mod probe;
 mod rollout;
 mod safety;
 mod server;

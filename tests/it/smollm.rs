@@ -124,6 +124,7 @@ fn compare_with_reference(m: &LoadedModel, reference: &mut quantized_llama::Mode
                         tokens: &ours_next,
                         cache: Some(&mut cache),
                         adapter: None,
+                        tap: None,
                     }],
                     Outputs::LastToken,
                     Mode::Serve,

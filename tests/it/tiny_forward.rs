@@ -15,6 +15,7 @@ fn run(model: &Llama, tokens: &[u32], cache: Option<&mut KvCache>, outputs: Outp
                 tokens,
                 cache,
                 adapter: None,
+                tap: None,
             }],
             outputs,
             Mode::Serve,
@@ -45,6 +46,7 @@ fn check_batched_equals_separate(t: Tiny) {
             tokens: p,
             cache: Some(c),
             adapter: None,
+            tap: None,
         })
         .collect();
     let batched = model
@@ -72,6 +74,7 @@ fn check_batched_equals_separate(t: Tiny) {
             tokens: p,
             cache: Some(c),
             adapter: None,
+            tap: None,
         })
         .collect();
     let batched = model
@@ -94,6 +97,7 @@ fn check_batched_equals_separate(t: Tiny) {
             tokens: p,
             cache: None,
             adapter: None,
+            tap: None,
         })
         .collect();
     let all = model
@@ -167,6 +171,7 @@ fn training_ops_compute_the_same_logits_as_serving_kernels() {
                     tokens: &tokens,
                     cache: None,
                     adapter: None,
+                    tap: None,
                 }],
                 Outputs::AllTokens,
                 Mode::Train { dropout: None },
@@ -192,11 +197,13 @@ fn bad_batches_are_errors_and_leave_caches_untouched() {
                     tokens: &[4],
                     cache: Some(&mut cache),
                     adapter: None,
+                    tap: None,
                 },
                 SeqInput {
                     tokens: &[5, 9999],
                     cache: Some(&mut other),
                     adapter: None,
+                    tap: None,
                 },
             ],
             Outputs::LastToken,
@@ -212,7 +219,8 @@ fn bad_batches_are_errors_and_leave_caches_untouched() {
             &mut [SeqInput {
                 tokens: &[],
                 cache: None,
-                adapter: None
+                adapter: None,
+                tap: None,
             }],
             Outputs::LastToken,
             Mode::Serve
@@ -225,6 +233,7 @@ fn bad_batches_are_errors_and_leave_caches_untouched() {
                 tokens: &long,
                 cache: None,
                 adapter: None,
+                tap: None,
             }],
             Outputs::LastToken,
             Mode::Serve,
