@@ -422,7 +422,7 @@ impl Scheduler {
             } else {
                 step.text.clone()
             };
-            let state = s.tap.clone().filter(|t| t.rows > 0);
+            let state = s.tap.as_ref().filter(|t| t.rows > 0).cloned();
             let alive = match finished {
                 None => s.send(Event::Token {
                     choice: s.choice,

@@ -9,7 +9,7 @@
 //! a process killed mid-run leaves no partial version. Feedback is never modified by
 //! training: an interrupted run's feedback simply stays untrained.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -324,14 +324,19 @@ impl Learner {
     fn build_set(
         &self,
         items: &[(FeedbackRow, f64, &str)],
-    ) -> Result<(TrainSet, HashSet<String>), Error> {
+    ) -> Result<(TrainSet, HashMap<String, &'static str>), Error> {
+        let mut skipped = HashMap::new();
         let mut set = TrainSet {
             anchors: self.references()?.anchors.clone(),
             anchor_cache: Some(self.anchor_cache.clone()),
             ..TrainSet::default()
         };
         for (f, w, _) in items {
+            let mut skip = |reason: &'static str| {
+                skipped.insert(f.id.clone(), reason);
+            };
             let Some(prompt) = f.prompt.as_deref() else {
+                skip(NO_CONVERSATION);
                 continue;
             };
             let msgs: Vec<ChatMessage> = serde_json::from_str::<Vec<serde_json::Value>>(prompt)
@@ -345,6 +350,7 @@ impl Learner {
                 })
                 .collect();
             if msgs.is_empty() {
+                skip(NO_CONVERSATION);
                 continue;
             }
             let prompt = self.model.encode_chat(&msgs)?;
@@ -358,20 +364,26 @@ impl Learner {
             };
             let weight = *w as f32;
             match f.kind.as_str() {
-                "correction" => {
-                    if let Some(text) = f.text.as_deref().filter(|t| !anonymized(t)) {
-                        set.corrections.push(Correction {
-                            id: f.id.clone(),
-                            pair: pair(text)?,
-                            weight,
-                        });
-                    }
-                }
+                "correction" => match f.text.as_deref() {
+                    None => skip(NO_TEXT),
+                    Some(t) if anonymized(t) => skip(PLACEHOLDER),
+                    Some(text) => set.corrections.push(Correction {
+                        id: f.id.clone(),
+                        pair: pair(text)?,
+                        weight,
+                    }),
+                },
                 "rating" => {
                     let (Some(answer), Some(value)) = (&f.answer, f.value) else {
+                        skip(NO_TEXT);
                         continue;
                     };
-                    if (value - 0.5).abs() < 1e-9 || anonymized(answer) {
+                    if (value - 0.5).abs() < 1e-9 {
+                        skip(NEUTRAL);
+                        continue;
+                    }
+                    if anonymized(answer) {
+                        skip(PLACEHOLDER);
                         continue;
                     }
                     set.ratings.push(Rated {
@@ -388,14 +400,21 @@ impl Learner {
                         .and_then(|a| serde_json::from_str(a).ok())
                         .unwrap_or_default();
                     let (Some(c), Some(r)) = (f.chosen, f.rejected) else {
+                        skip(NO_TEXT);
                         continue;
                     };
                     let (Some(chosen), Some(rejected)) =
                         (answers.get(c as usize), answers.get(r as usize))
                     else {
+                        skip(NO_TEXT);
                         continue;
                     };
-                    if chosen == rejected || anonymized(chosen) || anonymized(rejected) {
+                    if chosen == rejected {
+                        skip(NO_TEXT);
+                        continue;
+                    }
+                    if anonymized(chosen) || anonymized(rejected) {
+                        skip(PLACEHOLDER);
                         continue;
                     }
                     set.preferences.push(Preference {
@@ -405,17 +424,10 @@ impl Learner {
                         weight,
                     });
                 }
-                _ => {}
+                _ => skip(OTHER_KIND),
             }
         }
-        let used = set
-            .corrections
-            .iter()
-            .map(|c| c.id.clone())
-            .chain(set.preferences.iter().map(|p| p.id.clone()))
-            .chain(set.ratings.iter().map(|r| r.id.clone()))
-            .collect();
-        Ok((set, used))
+        Ok((set, skipped))
     }
 
     fn update(&self, run: &str, status: &str, version: Option<&str>, detail: &serde_json::Value) {
@@ -442,22 +454,23 @@ impl Learner {
                 .filter(|(f, _)| !new_ids.contains(&f.id))
                 .map(|(f, w)| (f, w, "replay")),
         );
-        let (set, used) = self.build_set(&items)?;
+        let (set, skipped) = self.build_set(&items)?;
+        let used = |id: &String| !skipped.contains_key(id);
         // Items that cannot be trained on (still carrying personal data after
         // anonymization, or without the answers they refer to) are recorded as
         // skipped, so they do not wait forever, each with its reason.
         for item in &mut items {
-            if !used.contains(&item.0.id) && item.2 == "new" {
+            if !used(&item.0.id) && item.2 == "new" {
                 item.2 = "skipped";
             }
         }
-        items.retain(|(f, _, role)| *role != "replay" || used.contains(&f.id));
+        items.retain(|(f, _, role)| *role != "replay" || used(&f.id));
         detail["feedback"] = json!({
             "skipped": items.iter().filter(|i| i.2 == "skipped").count(),
             "skipped_items": items
                 .iter()
                 .filter(|i| i.2 == "skipped")
-                .map(|(f, _, _)| json!({"id": f.id, "kind": f.kind, "reason": skip_reason(f)}))
+                .map(|(f, _, _)| json!({"id": f.id, "kind": f.kind, "reason": skipped.get(&f.id)}))
                 .collect::<Vec<_>>(),
             "corrections": set.corrections.len(),
             "preferences": set.preferences.len(),
@@ -629,7 +642,7 @@ impl Learner {
             if placement == Placement::Serving {
                 let now_ms = storage::now_ms();
                 for (f, _, role) in &items {
-                    if *role == "new" && used.contains(&f.id) {
+                    if *role == "new" && used(&f.id) {
                         self.metrics
                             .feedback_to_serving
                             .observe((now_ms - f.created_ms).max(0) as f64 / 1000.0);
@@ -859,21 +872,13 @@ fn prepare(l: &Learner) {
 
 /// Whether `text` carries an anonymization placeholder (`<PERSON_1>`, `<EMAIL_ADDRESS>`).
 /// Why `build_set` could not use an accepted item (the run's explanation).
-fn skip_reason(f: &FeedbackRow) -> &'static str {
-    let holds = |t: &Option<String>| t.as_deref().is_some_and(anonymized);
-    if f.prompt.is_none() {
-        "the conversation it refers to is no longer stored"
-    } else if f.kind == "correction" && f.text.is_none() {
-        "a correction without text"
-    } else if (f.kind == "correction" && holds(&f.text)) || holds(&f.answer) {
-        "its text still holds a placeholder where the anonymizer removed personal data \
-         (a name, place or date): trained on, the model would learn to say the placeholder"
-    } else if f.kind == "rating" && f.value.is_some_and(|v| (v - 0.5).abs() < 1e-9) {
-        "a neutral rating teaches nothing"
-    } else {
-        "its answers are missing or the same"
-    }
-}
+const NO_CONVERSATION: &str = "the conversation it refers to is no longer stored";
+const NO_TEXT: &str = "its text or answers are missing, or the two answers are the same";
+const PLACEHOLDER: &str = "its text still holds a placeholder where the anonymizer removed \
+     personal data (a name, place or date): trained on, the model would learn to say the \
+     placeholder";
+const NEUTRAL: &str = "a neutral rating teaches nothing";
+const OTHER_KIND: &str = "a kind of feedback the learner does not train on";
 
 fn anonymized(text: &str) -> bool {
     Entity::ALL

@@ -74,17 +74,10 @@ pub fn train_probe(
     examples: &[Example],
     o: &super::probe::TrainOptions,
 ) -> Result<super::Probe, super::probe::Error> {
-    let turns = super::probe::USER_TURNS;
+    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+    let per_text = super::probe::answer_states(model, &texts, o.layer, o.max_tokens, &o.prefixes)?;
     let (mut states, mut labels) = (Vec::new(), Vec::new());
-    for (i, e) in examples.iter().enumerate() {
-        let taps = super::probe::answer_prefix_states(
-            model,
-            turns[i % turns.len()],
-            &e.text,
-            o.layer,
-            o.max_tokens,
-            &o.prefixes,
-        )?;
+    for (e, taps) in examples.iter().zip(per_text) {
         labels.extend(std::iter::repeat_n(!e.labels.is_empty(), taps.len()));
         states.extend(taps);
     }
@@ -271,7 +264,10 @@ pub fn evaluate_with_probe(
         ));
     };
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-    let states = super::probe::answer_states(model, &texts, probe.layer, 256)?;
+    let states: Vec<_> = super::probe::answer_states(model, &texts, probe.layer, 256, &[])?
+        .into_iter()
+        .filter_map(|mut taps| taps.pop())
+        .collect();
     let scores: Vec<[f32; N_CATEGORIES]> = examples
         .iter()
         .zip(&states)

@@ -184,24 +184,21 @@ pub fn answer_prefix_states(
     Ok(out)
 }
 
-/// [`answer_state`] for many answers, with the training user turns in rotation.
+/// [`answer_prefix_states`] for many answers, with the training user turns in
+/// rotation: per answer, its prefixes' states then the whole answer's.
 pub fn answer_states(
     model: &LoadedModel,
     answers: &[&str],
     layer: usize,
     max_tokens: usize,
-) -> Result<Vec<Tap>, Error> {
+    prefixes: &[usize],
+) -> Result<Vec<Vec<Tap>>, Error> {
     answers
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            answer_state(
-                model,
-                USER_TURNS[i % USER_TURNS.len()],
-                a,
-                layer,
-                max_tokens,
-            )
+            let user = USER_TURNS[i % USER_TURNS.len()];
+            answer_prefix_states(model, user, a, layer, max_tokens, prefixes)
         })
         .collect()
 }
